@@ -1,0 +1,125 @@
+"""Shared configuration pieces: every `configs/*.py` file starts from `base_config()`.
+
+Each method's file changes only what its paper changes. Values carry a comment naming their source.
+"""
+import ml_collections
+
+# SimCLR's CIFAR-10 recipe (Chen et al. 2020, appendix B.9, and the official README's CIFAR-10 command:
+# batch 512, 1000 epochs, LARS lr 1.0 with linear scaling, weight decay 1e-4, temperature 0.5,
+# ResNet-18, colour-jitter strength 0.5, no blur).
+SIMCLR_CIFAR_COLOR_STRENGTH = 0.5
+
+
+def view_config(color_strength=SIMCLR_CIFAR_COLOR_STRENGTH, blur_prob=0.0, solarize_prob=0.0, crop_size=32):
+    """One view's augmentation settings (SimCLR appendix A: jitter 0.8s/0.8s/0.8s/0.2s with p=0.8, gray p=0.2)."""
+    return ml_collections.ConfigDict(dict(
+        crop_size=crop_size,
+        crop_scale=(0.08, 1.0),
+        crop_ratio=(3 / 4, 4 / 3),
+        flip_prob=0.5,
+        jitter_prob=0.8,
+        brightness=0.8 * color_strength,
+        contrast=0.8 * color_strength,
+        saturation=0.8 * color_strength,
+        hue=0.2 * color_strength,
+        grayscale_prob=0.2,
+        blur_prob=blur_prob,
+        blur_sigma=(0.1, 2.0),
+        solarize_prob=solarize_prob,
+    ))
+
+
+def base_config():
+    """SimCLR on CIFAR-10 with ResNet-18 (CIFAR stem); the defaults every method config starts from."""
+    config = ml_collections.ConfigDict()
+    config.method = "simclr"
+    config.seed = 0
+    config.batch_size = 512          # global batch size, all devices together (SimCLR CIFAR-10 command)
+    config.num_epochs = 1000         # SimCLR CIFAR-10 command
+    config.num_train_steps = -1      # > 0 overrides num_epochs
+    config.parallel = "shard_map"    # 'shard_map' (default) or 'pmap': the same per-device step either way
+    config.num_devices = 0           # 0: all devices; n: the first n (for comparisons)
+
+    config.data = ml_collections.ConfigDict(dict(
+        name="cifar10",              # 'cifar10' or 'cifar100'
+        path="",                     # local copy: official python archive, or an image-folder tree/tarball
+        cache_dir="",                # decoded uint8 cache; '' = $SSL_JAX_CACHE or ~/.cache/ssl_jax
+        tfds_data_dir="",            # prepared TFDS data; '' = TFDS's default
+        download=True,               # fetch the official archive when nothing else is found
+        prefetch=2,                  # batches placed on the devices ahead of the step
+    ))
+
+    config.augment = ml_collections.ConfigDict(dict(view1=view_config(), view2=view_config()))
+
+    config.model = ml_collections.ConfigDict(dict(
+        name="resnet18",             # resnet18/34/50/101/152
+        width=64,                    # base channels; 64 is the standard network
+        stem="cifar",                # 3x3 stride-1 conv, no max-pool (SimCLR appendix B.9)
+        projector_hidden=(512,),     # SimCLR v1: 2-layer MLP head, hidden = feature width
+        projection_dim=128,          # SimCLR: 128-d projection
+        predictor_hidden=(),
+        predictor_dim=0,             # 0: no predictor
+        dtype="auto",                # 'auto': bfloat16 on GPU/TPU, float32 on CPU; params always float32
+    ))
+
+    config.loss = ml_collections.ConfigDict(dict(temperature=0.5))  # SimCLR CIFAR-10: tau = 0.5
+
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="lars",                 # 'lars', 'sgd' or 'adamw'
+        base_lr=1.0,                 # lr = base_lr * batch_size / 256 (SimCLR: linear scaling, lr 1.0)
+        lr_scaling="linear",         # 'linear' (x batch/256) or 'none'
+        weight_decay=1e-4,           # SimCLR CIFAR-10 command
+        momentum=0.9,
+        trust_coefficient=1e-3,      # LARS eta (You et al. 2017; SimCLR)
+        warmup_epochs=10,            # SimCLR: 10 warm-up epochs, then cosine decay
+        b1=0.9, b2=0.999,            # AdamW only
+    ))
+
+    config.ema = ml_collections.ConfigDict(dict(base_decay=0.99))  # BYOL's tau_base for small data
+
+    config.probe = ml_collections.ConfigDict(dict(learning_rate=1e-3))  # online linear probe, Adam
+
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 2
+
+    config.eval = ml_collections.ConfigDict(dict(
+        every_epochs=0,              # > 0: kNN accuracy every n epochs during training
+        knn_k=200,                   # Wu et al. 2018 weighted kNN, as in SimCLR/solo-learn
+        knn_temperature=0.1,
+        linear_epochs=100,           # offline linear evaluation on frozen features
+        linear_batch_size=256,
+        max_train_examples=0,        # 0: the whole train split for kNN/linear eval
+        batch_size=1000,             # feature-extraction batch
+    ))
+    config.xla_cpu_flags = "auto"    # 'auto': the XLA CPU options measured to help (docs/benchmarks.md); '' none
+    return config
+
+
+def smoke(config):
+    """A tiny variant that trains, checkpoints and evaluates in about a minute on 2 CPU cores."""
+    config.batch_size = 64
+    config.num_train_steps = 30
+    config.model.name = "resnet18"
+    config.model.width = 8
+    config.model.projector_hidden = (64,)
+    config.model.projection_dim = 32
+    if config.model.predictor_dim:
+        config.model.predictor_hidden = (64,)
+        config.model.predictor_dim = 32
+    config.optimizer.warmup_epochs = 0
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 20
+    config.eval.linear_epochs = 10
+    config.eval.max_train_examples = 5000
+    config.eval.knn_k = 20
+    return config
+
+
+def finalize(config, arg):
+    """Applies the `:arg` variant named after the config file (`:smoke`), else returns the config."""
+    if arg in (None, ""):
+        return config
+    if arg == "smoke":
+        return smoke(config)
+    raise ValueError(f"Unknown config variant {arg!r}; known variants: 'smoke' (e.g. --config=configs/simclr_cifar.py:smoke).")

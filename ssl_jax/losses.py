@@ -1,0 +1,250 @@
+"""Self-supervised losses as pure functions: each returns ``(loss, aux)``.
+
+``loss`` is a float32 scalar and ``aux`` a dict of scalars/arrays with the
+individual terms. Inputs may be bf16; everything is computed in float32.
+
+Multi-device convention. Inside a per-device SPMD function (``jax.shard_map``
+or ``jax.pmap``) pass ``axis_name``; the per-device values ``L_d`` then satisfy
+``mean_d L_d == L_global``, either because the loss is computed from the
+gathered global batch and is identical on every device (VICReg, Barlow Twins,
+TiCo, VICReg-TiCo) or because it is the mean over the device's local anchors
+against gathered keys (NT-Xent, MoCo v3, BYOL, SimSiam). ``lax.all_gather``
+transposes to ``psum_scatter``, so the gradient of ``L_d`` w.r.t. local rows is
+``sum_d' dL_d'/dz_local``: averaged over devices it is the global gradient.
+Under ``jax.pmap`` or ``shard_map(check_vma=False)`` take ``pmean(grad(L_d))``;
+under ``shard_map`` with the default ``check_vma=True`` the grad of replicated
+params is already summed over devices, so take ``grad(pmean(L_d))`` instead
+(see tests/test_losses.py).
+"""
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_MASK = -1e9
+
+
+def _f32(x):
+    return jnp.asarray(x, jnp.float32)
+
+
+def _l2_normalize(x, eps=1e-12):
+    """x / max(||x||, eps) along the last axis (as torch's F.normalize)."""
+    x = _f32(x)
+    return x * lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def _gather(x, axis_name):
+    """The global batch: local rows concatenated over ``axis_name`` in device order."""
+    if axis_name is None:
+        return x
+    return lax.all_gather(x, axis_name, axis=0, tiled=True)
+
+
+def _local_offset(n, axis_name):
+    """Index of this device's first row in the gathered global batch."""
+    if axis_name is None:
+        return 0
+    return lax.axis_index(axis_name) * n
+
+
+def _cosine(a, b):
+    return jnp.sum(_l2_normalize(a) * _l2_normalize(b), axis=-1)
+
+
+def _cross_entropy(logits, labels):
+    """Per-row softmax cross-entropy and whether the label is the top-1 logit."""
+    picked = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    ce = jax.nn.logsumexp(logits, axis=1) - picked
+    correct = jnp.argmax(logits, axis=1) == labels
+    return ce, correct
+
+
+def _off_diagonal_sq_sum(c):
+    return jnp.sum(jnp.where(jnp.eye(c.shape[0], dtype=bool), 0.0, c * c))
+
+
+def nt_xent(z1, z2, temperature=0.5, axis_name=None):
+    """SimCLR's NT-Xent (Chen et al. 2020, Eq. 1 and Algorithm 1).
+
+    For the 2N views, with s the cosine similarity and (i, j) a positive pair,
+    ``l(i, j) = -log exp(s_ij / t) / sum_{k != i} exp(s_ik / t)``, averaged over
+    all 2N anchors. With ``axis_name`` the negatives are the whole global batch:
+    this device's 2n anchors are scored against all 2N gathered keys and the
+    loss is the mean over the local anchors.
+    """
+    n = z1.shape[0]
+    a1, a2 = _l2_normalize(z1), _l2_normalize(z2)
+    g1, g2 = _gather(a1, axis_name), _gather(a2, axis_name)
+    big_n = g1.shape[0]
+    anchors = jnp.concatenate([a1, a2], axis=0)
+    keys = jnp.concatenate([g1, g2], axis=0)
+    logits = anchors @ keys.T / temperature
+    rows = _local_offset(n, axis_name) + jnp.arange(n)
+    self_idx = jnp.concatenate([rows, rows + big_n])
+    pos_idx = jnp.concatenate([rows + big_n, rows])
+    is_self = self_idx[:, None] == jnp.arange(2 * big_n)[None, :]
+    ce, correct = _cross_entropy(jnp.where(is_self, _MASK, logits), pos_idx)
+    aux = {
+        "positive_sim": jnp.mean(jnp.sum(a1 * a2, axis=-1)),
+        "accuracy": jnp.mean(correct.astype(jnp.float32)),
+    }
+    return jnp.mean(ce), aux
+
+
+def byol_loss(p1, p2, t1, t2, axis_name=None):
+    """BYOL's symmetrised regression loss (Grill et al. 2020, Eq. 2).
+
+    ``L = mean(2 - 2 cos(p1, sg(t2))) + mean(2 - 2 cos(p2, sg(t1)))``, in [0, 8].
+    Targets come from the momentum network, so no gradient reaches them. It is
+    a per-example mean, so with ``axis_name`` the local mean already satisfies
+    the convention (``axis_name`` is accepted for a uniform signature).
+    """
+    del axis_name
+    l12 = jnp.mean(2.0 - 2.0 * _cosine(p1, lax.stop_gradient(t2)))
+    l21 = jnp.mean(2.0 - 2.0 * _cosine(p2, lax.stop_gradient(t1)))
+    return l12 + l21, {"loss_12": l12, "loss_21": l21}
+
+
+def simsiam_loss(p1, p2, z1, z2, axis_name=None):
+    """SimSiam's symmetrised negative cosine (Chen & He 2021, Eq. 2).
+
+    ``L = -0.5 mean cos(p1, sg(z2)) - 0.5 mean cos(p2, sg(z1))``; the stop
+    gradient on z is what prevents collapse. Per-example mean: with
+    ``axis_name`` the local mean satisfies the convention.
+    """
+    del axis_name
+    c12 = jnp.mean(_cosine(p1, lax.stop_gradient(z2)))
+    c21 = jnp.mean(_cosine(p2, lax.stop_gradient(z1)))
+    return -0.5 * c12 - 0.5 * c21, {"cos_12": c12, "cos_21": c21}
+
+
+def _moco_ctr(q, k, temperature, axis_name):
+    """MoCo v3's ``ctr(q, k)``: 2t * CE(q̂ k̂ᵀ / t) with the matching key as positive."""
+    qn = _l2_normalize(q)
+    kn = _gather(_l2_normalize(lax.stop_gradient(k)), axis_name)
+    labels = _local_offset(q.shape[0], axis_name) + jnp.arange(q.shape[0])
+    ce, correct = _cross_entropy(qn @ kn.T / temperature, labels)
+    return 2.0 * temperature * jnp.mean(ce), jnp.mean(correct.astype(jnp.float32))
+
+
+def moco_v3_loss(q1, q2, k1, k2, temperature=0.2, axis_name=None):
+    """MoCo v3's symmetrised InfoNCE (Chen, Xie & He 2021, Algorithm 1).
+
+    ``L = ctr(q1, k2) + ctr(q2, k1)`` with in-batch keys from the momentum
+    encoder (stop-gradient). With ``axis_name`` the local queries are scored
+    against the gathered global keys; the loss is the mean over local queries.
+    """
+    l12, acc12 = _moco_ctr(q1, k2, temperature, axis_name)
+    l21, acc21 = _moco_ctr(q2, k1, temperature, axis_name)
+    aux = {"loss_12": l12, "loss_21": l21, "accuracy": 0.5 * (acc12 + acc21)}
+    return l12 + l21, aux
+
+
+def _vicreg_invariance(z1, z2):
+    """``s(Z, Z') = mean ||z_i - z'_i||^2 / D`` (VICReg Eq. 5, as F.mse_loss)."""
+    return jnp.mean(jnp.square(z1 - z2))
+
+
+def _vicreg_variance(z1, z2, eps):
+    """``v(Z) = mean_j relu(1 - sqrt(Var(z_j) + eps))`` (Eq. 1), averaged over the two branches."""
+
+    def hinge(z):
+        std = jnp.sqrt(jnp.var(z, axis=0, ddof=1) + eps)
+        return jnp.mean(jax.nn.relu(1.0 - std))
+
+    return 0.5 * hinge(z1) + 0.5 * hinge(z2)
+
+
+def _vicreg_covariance(z):
+    """``c(Z) = sum_{i != j} C(Z)_ij^2 / D`` with ``C(Z)`` the unbiased covariance (Eqs. 3-4)."""
+    zc = z - jnp.mean(z, axis=0)
+    cov = zc.T @ zc / (z.shape[0] - 1)
+    return _off_diagonal_sq_sum(cov) / z.shape[1]
+
+
+def vicreg_loss(z1, z2, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4, axis_name=None):
+    """VICReg (Bardes, Ponce & LeCun 2022, Eq. 6), as the official main_vicreg.py.
+
+    ``L = sim_coeff * s(Z, Z') + std_coeff * [v(Z) + v(Z')] / 2 + cov_coeff * [c(Z) + c(Z')]``.
+    The variance and covariance are batch statistics, so with ``axis_name`` both
+    branches are gathered and the loss, computed on the global batch, is
+    identical on every device.
+    """
+    z1, z2 = _gather(_f32(z1), axis_name), _gather(_f32(z2), axis_name)
+    inv = _vicreg_invariance(z1, z2)
+    var = _vicreg_variance(z1, z2, eps)
+    cov = _vicreg_covariance(z1) + _vicreg_covariance(z2)
+    loss = sim_coeff * inv + std_coeff * var + cov_coeff * cov
+    return loss, {"invariance": inv, "variance": var, "covariance": cov}
+
+
+def tico_initial_cov(dim):
+    """The covariance state TiCo starts from: zeros, shape (dim, dim), float32."""
+    return jnp.zeros((dim, dim), jnp.float32)
+
+
+def _tico_contrast(z, cov, beta):
+    """``C_t = beta sg(C_{t-1}) + (1 - beta) zᵀz / N`` and ``mean_i z_iᵀ C_t z_i``.
+
+    ``C_t`` carries gradient through its batch part only; it is returned
+    stop-gradient'ed as the next state.
+    """
+    c = beta * lax.stop_gradient(_f32(cov)) + (1.0 - beta) * (z.T @ z) / z.shape[0]
+    return jnp.mean(jnp.sum((z @ c) * z, axis=-1)), lax.stop_gradient(c)
+
+
+def tico_loss(z1, z2, cov, beta=0.9, rho=8.0, axis_name=None):
+    """TiCo (Zhu et al. 2022, Eq. 4): transformation invariance plus covariance contrast.
+
+    With z1, z2 L2-normalised and ``C_t = beta C_{t-1} + (1 - beta) z1ᵀz1 / N``,
+    ``L = -mean_i <z1_i, z2_i> + rho * mean_i z1_iᵀ C_t z1_i``.
+    As lightly's TiCoLoss, the C_t in the quadratic term carries gradient
+    through its batch part ``z1ᵀz1 / N``; the incoming ``cov`` is a constant.
+    (lightly adds a constant 1, which changes neither gradient nor optimum.)
+    With ``axis_name`` the batch is gathered and the loss, like the new C_t in
+    ``aux['cov']``, is identical on every device.
+    """
+    z1 = _gather(_l2_normalize(z1), axis_name)
+    z2 = _gather(_l2_normalize(z2), axis_name)
+    inv = -jnp.mean(jnp.sum(z1 * z2, axis=-1))
+    contrast, new_cov = _tico_contrast(z1, cov, beta)
+    return inv + rho * contrast, {"invariance": inv, "covariance": contrast, "cov": new_cov}
+
+
+def vicreg_tico_loss(z1, z2, cov, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4,
+                     axis_name=None):
+    """VICReg with its covariance term replaced by TiCo's covariance contrast.
+
+    ``L = sim_coeff * s(Z, Z') + std_coeff * [v(Z) + v(Z')] / 2 + cov_coeff * mean_i z1_iᵀ C_t z1_i``
+    with ``C_t = beta C_{t-1} + (1 - beta) z1ᵀz1 / N`` on the raw (un-normalised)
+    projections: the contrast penalises energy along the running principal
+    directions instead of only the off-diagonal covariance. Gradient and
+    multi-device handling as ``tico_loss``; the new C_t is ``aux['cov']``.
+    """
+    z1, z2 = _gather(_f32(z1), axis_name), _gather(_f32(z2), axis_name)
+    inv = _vicreg_invariance(z1, z2)
+    var = _vicreg_variance(z1, z2, eps)
+    contrast, new_cov = _tico_contrast(z1, cov, beta)
+    loss = sim_coeff * inv + std_coeff * var + cov_coeff * contrast
+    return loss, {"invariance": inv, "variance": var, "covariance": contrast, "cov": new_cov}
+
+
+def _standardize(z, eps):
+    """Per-dimension ``(z - mean) / sqrt(biased var + eps)``: BatchNorm without affine."""
+    return (z - jnp.mean(z, axis=0)) * lax.rsqrt(jnp.var(z, axis=0) + eps)
+
+
+def barlow_twins_loss(z1, z2, lambd=0.0051, eps=1e-5, axis_name=None):
+    """Barlow Twins (Zbontar et al. 2021, Eqs. 1-2).
+
+    With ``C = bn(z1)ᵀ bn(z2) / N`` the cross-correlation over the batch,
+    ``L = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2``. The standardisation
+    and C are batch statistics, so with ``axis_name`` both views are gathered
+    and the loss is identical on every device.
+    """
+    z1 = _standardize(_gather(_f32(z1), axis_name), eps)
+    z2 = _standardize(_gather(_f32(z2), axis_name), eps)
+    c = z1.T @ z2 / z1.shape[0]
+    on_diag = jnp.sum(jnp.square(1.0 - jnp.diagonal(c)))
+    off_diag = _off_diagonal_sq_sum(c)
+    return on_diag + lambd * off_diag, {"on_diag": on_diag, "off_diag": off_diag}

@@ -1,0 +1,44 @@
+"""Command line: `python -m ssl_jax.main --config=configs/simclr_cifar.py --workdir=DIR [--config.a.b=v ...]`.
+
+Thin on purpose: parses flags, sets up the runtime (XLA CPU options, multi-host), and calls the library.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from ssl_jax import runtime
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/simclr_cifar.py or configs/simclr_cifar.py:smoke.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, the exported encoder and eval.json.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host: TPU pods, SLURM, or the "
+                  "coordinator flags below).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-process runs.")
+flags.DEFINE_integer("process_id", None, "This process's index, for multi-process runs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = FLAGS.config
+    runtime.configure_xla_cpu(config.xla_cpu_flags)
+    if FLAGS.distributed or FLAGS.coordinator_address:
+        runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    from ssl_jax import train  # imports jax's backend-dependent pieces after the XLA options are set
+
+    try:
+        train.train_and_evaluate(config, FLAGS.workdir)
+    except (ValueError, train.data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    app.run(main)

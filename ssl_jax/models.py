@@ -1,0 +1,225 @@
+"""Flax linen ResNets (CIFAR / ImageNet stems) and MLP heads for self-supervised learning.
+
+Modelled on flax ``examples/imagenet/models.py`` and torchvision's ResNet v1.5: He (fan_out)
+conv init, no conv bias, projection shortcuts where the shape changes, bottleneck stride on the
+3x3 conv. Parameters are always float32; ``dtype`` sets the compute dtype. ``bn_axis_name``
+turns every BatchNorm into a cross-replica (synchronised) BatchNorm over that mapped axis.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "STAGE_SIZES", "ResNet", "MLPHead", "SSLNet", "make_backbone", "make_ssl_net",
+    "parse_dtype", "count_params",
+]
+
+STAGE_SIZES = {
+    "resnet18": (2, 2, 2, 2),
+    "resnet34": (3, 4, 6, 3),
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
+    "resnet152": (3, 8, 36, 3),
+}
+_BLOCK_KIND = {"resnet18": "basic", "resnet34": "basic"}  # the rest are bottleneck
+
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _batch_norm(train: bool, dtype: Any, axis_name: str | None, **kw) -> Callable:
+    """BatchNorm with the library-wide settings (momentum 0.9, eps 1e-5, float32 params)."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        dtype=dtype, param_dtype=jnp.float32, axis_name=axis_name, **kw)
+
+
+def _conv(dtype: Any) -> Callable:
+    """Bias-free conv with He (fan_out) init and float32 params."""
+    return functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
+                             dtype=dtype, param_dtype=jnp.float32)
+
+
+class _Block(nn.Module):
+    """Residual block: 'basic' (two 3x3) or 'bottleneck' (1x1-3x3-1x1, expansion 4)."""
+    filters: int
+    strides: int
+    kind: str
+    dtype: Any
+    bn_axis_name: str | None
+    zero_init_residual: bool
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv, s = _conv(self.dtype), (self.strides, self.strides)
+        norm = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
+        last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        if self.kind == "basic":
+            y = nn.relu(norm()(conv(self.filters, (3, 3), s, padding=1)(x)))
+            y = norm(scale_init=last_scale)(conv(self.filters, (3, 3), padding=1)(y))
+        else:
+            y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
+            y = nn.relu(norm()(conv(self.filters, (3, 3), s, padding=1)(y)))
+            y = norm(scale_init=last_scale)(conv(4 * self.filters, (1, 1))(y))
+        if x.shape != y.shape:
+            x = norm(name="shortcut_bn")(conv(y.shape[-1], (1, 1), s, name="shortcut_conv")(x))
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """ResNet backbone returning globally average-pooled features [B, C].
+
+    C = 8*width for basic blocks and 32*width for bottleneck blocks.
+    """
+    stage_sizes: Sequence[int]
+    block: str  # 'basic' | 'bottleneck'
+    width: int = 64
+    stem: str = "cifar"  # 'cifar' (3x3 s1, no pool) | 'imagenet' (7x7 s2 + 3x3 max-pool s2)
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+    zero_init_residual: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool) -> jnp.ndarray:
+        if self.block not in ("basic", "bottleneck"):
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+        x = self._stem(jnp.asarray(x, self.dtype), train)
+        for i, n_blocks in enumerate(self.stage_sizes):
+            for j in range(n_blocks):
+                strides = 2 if i > 0 and j == 0 else 1
+                x = _Block(self.width * 2 ** i, strides, self.block, self.dtype,
+                           self.bn_axis_name, self.zero_init_residual,
+                           name=f"stage{i + 1}_block{j + 1}")(x, train)
+        return jnp.mean(x, axis=(1, 2))
+
+    def _stem(self, x, train: bool):
+        """Input stem: CIFAR (3x3 conv) or ImageNet (7x7/2 conv + 3x3/2 max-pool)."""
+        conv = _conv(self.dtype)
+        if self.stem == "cifar":
+            x = conv(self.width, (3, 3), padding=1, name="stem_conv")(x)
+        elif self.stem == "imagenet":
+            x = conv(self.width, (7, 7), (2, 2), padding=3, name="stem_conv")(x)
+        else:
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
+        x = nn.relu(_batch_norm(train, self.dtype, self.bn_axis_name, name="stem_bn")(x))
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        return x
+
+
+class MLPHead(nn.Module):
+    """Projector / predictor: (Linear-BN-ReLU) x len(hidden_dims), then Linear(output_dim).
+
+    Hidden Linears have no bias (BN follows). With ``last_bn`` the final Linear is bias-free
+    and followed by an affine-free BN (SimCLR v2 / Barlow Twins style).
+    """
+    hidden_dims: Sequence[int]
+    output_dim: int
+    last_bn: bool = False
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool) -> jnp.ndarray:
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+        norm = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
+        x = jnp.asarray(x, self.dtype)
+        for dim in self.hidden_dims:
+            x = nn.relu(norm()(dense(dim, use_bias=False)(x)))
+        x = dense(self.output_dim, use_bias=not self.last_bn)(x)
+        if self.last_bn:
+            x = norm(use_bias=False, use_scale=False)(x)
+        return x
+
+
+class SSLNet(nn.Module):
+    """Backbone + projector (+ optional predictor); all outputs float32.
+
+    Returns {'features': [B, C], 'projection': [B, P]} and, when the net has a predictor
+    (``predictor_dim > 0``) and ``use_predictor``, 'prediction': [B, Q] (predictor applied
+    to the projection, as in BYOL/SimSiam).
+    """
+    backbone: str = "resnet18"
+    width: int = 64
+    stem: str = "cifar"
+    projector_hidden: Sequence[int] = (512,)
+    projection_dim: int = 128
+    predictor_hidden: Sequence[int] = ()
+    predictor_dim: int = 0
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @property
+    def has_predictor(self) -> bool:
+        return self.predictor_dim > 0
+
+    @nn.compact
+    def __call__(self, x, train: bool, use_predictor: bool = True) -> dict:
+        head = functools.partial(MLPHead, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+        feats = ResNet(*_arch(self.backbone), width=self.width, stem=self.stem,
+                       dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                       name="backbone")(x, train).astype(jnp.float32)
+        proj = head(tuple(self.projector_hidden), self.projection_dim, name="projector")(
+            feats, train)
+        out = {"features": feats, "projection": proj}
+        if self.has_predictor and use_predictor:
+            out["prediction"] = head(tuple(self.predictor_hidden), self.predictor_dim,
+                                     name="predictor")(proj, train)
+        return {k: v.astype(jnp.float32) for k, v in out.items()}
+
+
+def make_backbone(name: str, width: int = 64, stem: str = "cifar", dtype: Any = jnp.float32,
+                  bn_axis_name: str | None = None, **kwargs) -> ResNet:
+    """ResNet by name ('resnet18' ... 'resnet152'); extra kwargs go to ResNet."""
+    return ResNet(*_arch(name), width=width, stem=stem, dtype=dtype,
+                  bn_axis_name=bn_axis_name, **kwargs)
+
+
+def _arch(name: str) -> tuple[tuple[int, ...], str]:
+    """(stage_sizes, block kind) for a backbone name; ValueError if unknown."""
+    if name not in STAGE_SIZES:
+        raise ValueError(f"unknown backbone {name!r}; known: {sorted(STAGE_SIZES)}")
+    return STAGE_SIZES[name], _BLOCK_KIND.get(name, "bottleneck")
+
+
+def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
+                 bn_axis_name: str | None = None) -> SSLNet:
+    """SSLNet from a ConfigDict / mapping (name, width, stem, projector_hidden, projection_dim,
+    predictor_hidden, predictor_dim); missing keys take SSLNet's defaults."""
+    d = SSLNet.__dataclass_fields__
+    get = lambda k, field: model_cfg.get(k, d[field].default)  # noqa: E731
+    return SSLNet(
+        backbone=get("name", "backbone"),
+        width=int(get("width", "width")),
+        stem=get("stem", "stem"),
+        projector_hidden=tuple(int(h) for h in get("projector_hidden", "projector_hidden")),
+        projection_dim=int(get("projection_dim", "projection_dim")),
+        predictor_hidden=tuple(int(h) for h in get("predictor_hidden", "predictor_hidden")),
+        predictor_dim=int(get("predictor_dim", "predictor_dim")),
+        dtype=parse_dtype(dtype) if isinstance(dtype, str) else dtype,
+        bn_axis_name=bn_axis_name,
+    )
+
+
+_DTYPES = {
+    "float32": jnp.float32, "fp32": jnp.float32, "f32": jnp.float32,
+    "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
+    "float16": jnp.float16, "fp16": jnp.float16, "f16": jnp.float16,
+}
+
+
+def parse_dtype(name: str) -> jnp.dtype:
+    """'float32'|'fp32'|'bfloat16'|'bf16'|'float16'|'fp16' -> jnp.dtype; else ValueError."""
+    key = str(name).lower()
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; known: {sorted(_DTYPES)}")
+    return jnp.dtype(_DTYPES[key])
+
+
+def count_params(params) -> int:
+    """Total number of scalars in a pytree of arrays (or ShapeDtypeStructs)."""
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,131 @@
+"""Data parallelism: one per-device SPMD step over the named axis 'batch', mapped by `jax.shard_map` or `jax.pmap`.
+
+The step function is written once, per device: it sees its slice of the global batch and the full (replicated)
+train state, and talks to the other devices only through collectives over `AXIS` (gradient `pmean`,
+cross-replica BatchNorm, gathered negatives and batch statistics in the losses). This module maps it:
+
+- 'shard_map' (default): `jax.jit(jax.shard_map(step, mesh, in_specs=(P(), P(AXIS)), out_specs=P()))`; the state
+  lives as replicated global arrays, batches as global arrays sharded along their first axis. Works unchanged
+  on several hosts (each process feeds its own shard through `jax.make_array_from_process_local_data`).
+- 'pmap': `jax.pmap(step, axis_name=AXIS)` over the local devices; the state carries a leading device axis.
+
+shard_map runs with `check_vma=False`, pmap's semantics: `jax.grad` inside the step gives each device the gradient
+of its own loss, and the step's `lax.pmean` averages them. (With `check_vma=True` the gradient of a replicated
+parameter comes back already summed over devices, so the same step would train with an n-times larger gradient.)
+"""
+import collections
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "batch"
+PARALLEL_MODES = ("shard_map", "pmap")
+
+
+def make_mesh(num_devices=0):
+    """A one-axis mesh over the first `num_devices` devices (0: all devices of all processes)."""
+    devices = jax.devices()
+    if num_devices < 0 or num_devices > len(devices):
+        raise ValueError(f"config.num_devices={num_devices} but {len(devices)} device(s) are visible "
+                         f"({devices[0].platform}); use 0 for all, or a number up to {len(devices)}.")
+    if num_devices:
+        devices = devices[:num_devices]
+    return Mesh(np.array(devices), (AXIS,))
+
+
+def check_batch_size(global_batch_size, num_devices, process_count=1):
+    """Fails at start, with what to do, when the global batch cannot be split evenly."""
+    if global_batch_size <= 0 or global_batch_size % num_devices:
+        raise ValueError(
+            f"config.batch_size={global_batch_size} cannot be split evenly over {num_devices} device(s); "
+            f"choose a multiple of {num_devices} (e.g. {max(1, global_batch_size // num_devices) * num_devices}) "
+            f"or set config.num_devices to a divisor of {global_batch_size}.")
+    if global_batch_size % process_count:
+        raise ValueError(f"config.batch_size={global_batch_size} is not divisible by the {process_count} processes.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """Places state and batches on the devices and maps a per-device step, in either mode."""
+    mesh: Mesh
+    mode: str = "shard_map"
+
+    def __post_init__(self):
+        if self.mode not in PARALLEL_MODES:
+            raise ValueError(f"config.parallel={self.mode!r} is not known; use one of {PARALLEL_MODES}.")
+        if self.mode == "pmap" and jax.process_count() > 1 and len(self.mesh.devices.flat) != jax.device_count():
+            raise ValueError("config.parallel='pmap' on several hosts uses all devices; set config.num_devices=0.")
+
+    @property
+    def num_devices(self):
+        return self.mesh.devices.size
+
+    @property
+    def local_devices(self):
+        return [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+
+    def map_step(self, per_device_step, donate_state=True):
+        """Maps `per_device_step(state, batch) -> (state, metrics)` over the devices; jitted, state donated."""
+        donate = (0,) if donate_state else ()
+        if self.mode == "pmap":
+            return jax.pmap(per_device_step, axis_name=AXIS, devices=self.local_devices, donate_argnums=donate)
+        mapped = jax.shard_map(per_device_step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                               check_vma=False)
+        return jax.jit(mapped, donate_argnums=donate)
+
+    def map_batch_fn(self, per_device_fn, out_sharded=True):
+        """Maps a per-device function of a batch alone (e.g. the augmentation benchmark)."""
+        if self.mode == "pmap":
+            return jax.pmap(per_device_fn, axis_name=AXIS, devices=self.local_devices)
+        out_spec = P(AXIS) if out_sharded else P()
+        return jax.jit(jax.shard_map(per_device_fn, mesh=self.mesh, in_specs=P(AXIS), out_specs=out_spec,
+                                     check_vma=False))
+
+    def put_state(self, state):
+        """Replicates a host/single-device state on every device of the mesh."""
+        if self.mode == "pmap":
+            n = len(self.local_devices)
+            return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
+        sharding = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda x: _put_replicated(x, sharding), state)
+
+    def get_state(self, state):
+        """The replicated state as one copy (global arrays with a replicated sharding in shard_map mode)."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x[0], state)
+        return state
+
+    def put_batch(self, local_batch):
+        """Host arrays of this process's share of the global batch -> device arrays sharded over the axis."""
+        if self.mode == "pmap":
+            n = len(self.local_devices)
+            return jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), local_batch)
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+    def get_metrics(self, metrics):
+        """Metrics are averaged over devices inside the step; take one copy."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x[0], metrics)
+        return metrics
+
+
+def _put_replicated(x, sharding):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    if jax.process_count() > 1:
+        return jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index])
+    return jax.device_put(x, sharding)
+
+
+def prefetch(iterator, put_fn, size=2):
+    """Keeps `size` batches in flight on the devices (transfers are asynchronous) so the step never waits."""
+    queue = collections.deque()
+    for item in iterator:
+        queue.append(put_fn(item))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

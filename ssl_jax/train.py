@@ -1,0 +1,248 @@
+"""The training loop: pretraining with checkpoints and logs, then evaluation on frozen features.
+
+`train_and_evaluate(config, workdir)` is the library entry point behind `python -m ssl_jax.main`. The pure parts
+live elsewhere (losses, augmentations, the per-device step); this module does the I/O around them.
+"""
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ssl_jax import augment
+from ssl_jax import checkpoint
+from ssl_jax import data
+from ssl_jax import evaluate
+from ssl_jax import methods
+from ssl_jax import metrics_log
+from ssl_jax import models
+from ssl_jax import optim
+from ssl_jax import sharding
+from ssl_jax import train_step
+
+EVAL_FILE = "eval.json"
+
+
+def log(message):
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def compute_dtype(name):
+    """'auto' is bfloat16 on GPU/TPU and float32 on CPU (XLA's CPU backend gains nothing from bf16)."""
+    if name == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return models.parse_dtype(name)
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from the config before the first step: pure functions and static settings."""
+    config: object
+    dataset: data.Dataset
+    dp: sharding.DataParallel
+    net: object
+    method: methods.Method
+    tx: optax.GradientTransformation
+    schedule: object
+    probe: object
+    probe_tx: optax.GradientTransformation
+    steps_per_epoch: int
+    total_steps: int
+
+
+def check_method_config(config, method):
+    if method.predictor and not config.model.predictor_dim:
+        raise ValueError(f"config.method={config.method!r} needs a predictor; set config.model.predictor_dim > 0 "
+                         "(and config.model.predictor_hidden).")
+
+
+def build_experiment(config, dataset=None):
+    """Builds data, mesh, network, method and optimizers from the config; fails fast on a bad setting."""
+    dp = sharding.DataParallel(sharding.make_mesh(config.num_devices), config.parallel)
+    sharding.check_batch_size(config.batch_size, dp.num_devices, jax.process_count())
+    method = methods.get_method(config.method)
+    check_method_config(config, method)
+    if dataset is None:
+        dataset = data.load_dataset(config.data.name, path=config.data.path or None,
+                                    cache_dir=config.data.cache_dir or None,
+                                    tfds_data_dir=config.data.tfds_data_dir or None, download=config.data.download)
+    steps_per_epoch = data.steps_per_epoch(len(dataset.train.labels), config.batch_size)
+    total_steps = train_step.steps_for(config.num_epochs, config.num_train_steps, steps_per_epoch)
+    net = models.make_ssl_net(config.model, compute_dtype(config.model.dtype), bn_axis_name=sharding.AXIS)
+    tx, schedule = optim.make_optimizer(config.optimizer, config.batch_size, steps_per_epoch, total_steps)
+    return Experiment(config=config, dataset=dataset, dp=dp, net=net, method=method, tx=tx, schedule=schedule,
+                      probe=train_step.LinearProbe(dataset.num_classes),
+                      probe_tx=optax.adam(config.probe.learning_rate),
+                      steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+
+def initial_state(exp):
+    config = exp.config
+    image_shape = exp.dataset.train.images.shape[1:3] + (3,)
+    crop = config.augment.view1.crop_size
+    return train_step.create_train_state(
+        jax.random.key(config.seed), exp.net, exp.probe, exp.method, exp.tx, exp.probe_tx,
+        (crop, crop, image_shape[2]), config.model.projection_dim)
+
+
+def make_step_fn(exp):
+    config = exp.config
+    per_device_step = train_step.make_per_device_step(
+        net=exp.net, probe=exp.probe, method=exp.method, tx=exp.tx, probe_tx=exp.probe_tx, schedule=exp.schedule,
+        view_configs=(augment.view_config_from_dict(config.augment.view1),
+                      augment.view_config_from_dict(config.augment.view2)),
+        loss_kwargs=dict(config.loss), ema_base_decay=config.ema.base_decay, total_steps=exp.total_steps)
+    return exp.dp.map_step(per_device_step)
+
+
+def host_batches(exp, start_step, end_step=None):
+    """This process's share of each global batch from `start_step` on; the order depends on seed and step only."""
+    for step in range(start_step, exp.total_steps if end_step is None else end_step):
+        yield data.host_batch(exp.dataset.train, step, exp.config.batch_size, exp.config.seed,
+                              jax.process_index(), jax.process_count())
+
+
+def local_copy(tree):
+    """One host copy of replicated device arrays (works for multi-host replicated arrays too)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
+def make_encode_fn(net, params, batch_stats):
+    """uint8 images -> backbone features, in eval mode, jitted."""
+    variables = {"params": params, "batch_stats": batch_stats}
+
+    @jax.jit
+    def encode(images):
+        x = augment.normalize(images.astype(jnp.float32) / 255.0)
+        return net.apply(variables, x, train=False, use_predictor=False)["features"]
+
+    return encode
+
+
+def evaluate_state(exp, state, linear=True):
+    """kNN (and optionally linear) evaluation of the backbone on frozen features."""
+    config, dataset = exp.config, exp.dataset
+    host_state = local_copy(exp.dp.get_state(state))
+    encode = make_encode_fn(exp.net, host_state.params, host_state.batch_stats)
+    train = dataset.train
+    limit = config.eval.max_train_examples
+    if limit and limit < len(train.labels):
+        idx = np.random.default_rng(config.seed).permutation(len(train.labels))[:limit]
+        train = data.Split(train.images[idx], train.labels[idx])
+    start = time.perf_counter()
+    train_features = evaluate.extract_features(encode, train.images, config.eval.batch_size)
+    test_features = evaluate.extract_features(encode, dataset.test.images, config.eval.batch_size)
+    results = {"knn_top1": evaluate.knn_accuracy(
+        train_features, train.labels, test_features, dataset.test.labels, dataset.num_classes,
+        k=config.eval.knn_k, temperature=config.eval.knn_temperature)}
+    if linear:
+        results.update(evaluate.linear_eval(
+            train_features, train.labels, test_features, dataset.test.labels, dataset.num_classes,
+            epochs=config.eval.linear_epochs, batch_size=config.eval.linear_batch_size, seed=config.seed))
+    results["eval_seconds"] = time.perf_counter() - start
+    return results
+
+
+def restore_or_init(exp, checkpointer):
+    """The latest checkpoint in the workdir if there is one, else a fresh state; on the devices."""
+    state = initial_state(exp)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state = checkpointer.restore(state, latest)
+        log(f"Resuming from the checkpoint at step {latest}.")
+    return exp.dp.put_state(state), int(latest or 0)
+
+
+def _fetch(pending):
+    """Averages the metrics of the steps since the last log line (fetched once, not every step)."""
+    host = jax.device_get(pending)
+    return {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
+
+
+def train(exp, workdir, stop_after_steps=None):
+    """Pretrains from the latest checkpoint (or from scratch) to `total_steps`; returns the final state.
+
+    `stop_after_steps` ends this run early at that step (as a preempted job would), after a checkpoint.
+    """
+    config = exp.config
+    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every_steps,
+                                           config.keep_checkpoints)
+    state, start_step = restore_or_init(exp, checkpointer)
+    if jax.process_index() == 0:
+        metrics_log.truncate(workdir, start_step)
+    step_fn = make_step_fn(exp)
+    logger = metrics_log.MetricLogger(workdir, exp.total_steps, exp.steps_per_epoch, config.batch_size,
+                                      active=jax.process_index() == 0)
+    batches = sharding.prefetch(host_batches(exp, start_step), exp.dp.put_batch, config.data.prefetch)
+    log(f"Training {config.method} ({config.model.name}, width {config.model.width}) for {exp.total_steps} steps "
+        f"({exp.steps_per_epoch} per epoch) on {exp.dp.num_devices} {jax.default_backend()} device(s), "
+        f"global batch {config.batch_size}, mode {exp.dp.mode}; workdir {workdir}")
+    eval_every = config.eval.every_epochs * exp.steps_per_epoch
+    pending = []
+    logger.start(start_step)
+    last_step = min(exp.total_steps, stop_after_steps or exp.total_steps)
+    for step in range(start_step + 1, last_step + 1):
+        state, metrics = step_fn(state, next(batches))
+        metrics = exp.dp.get_metrics(metrics)
+        jax.tree.map(lambda x: x.copy_to_host_async(), metrics)
+        pending.append(metrics)
+        if step % config.log_every_steps == 0 or step == last_step:
+            logger.write(step, _fetch(pending))
+            pending = []
+        if step % config.checkpoint_every_steps == 0 and step < exp.total_steps:
+            checkpointer.save(step, exp.dp.get_state(state))
+        if eval_every and step % eval_every == 0 and step < exp.total_steps:
+            logger.write(step, evaluate_state(exp, state, linear=False), prefix="eval")
+            logger.start(step)
+    if last_step > start_step:
+        checkpointer.save(last_step, exp.dp.get_state(state), force=True)
+    checkpointer.close()
+    logger.close()
+    return state
+
+
+def run_steps(exp, state, start_step, num_steps, step_fn=None):
+    """Runs `num_steps` steps from `start_step` without checkpoints or logs; returns (state, last metrics)."""
+    step_fn = step_fn or make_step_fn(exp)
+    metrics = None
+    for batch in sharding.prefetch(host_batches(exp, start_step, start_step + num_steps), exp.dp.put_batch):
+        state, metrics = step_fn(state, batch)
+    return state, exp.dp.get_metrics(metrics)
+
+
+def write_results(workdir, results):
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, EVAL_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
+
+
+def train_and_evaluate(config, workdir, dataset=None):
+    """Pretrains, exports the encoder, evaluates it and writes WORKDIR/eval.json; returns the results."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    exp = build_experiment(config, dataset)
+    log(f"Data: {exp.dataset.source}; {len(exp.dataset.train.labels)} train / "
+        f"{len(exp.dataset.test.labels)} test images, {exp.dataset.num_classes} classes.")
+    state = train(exp, workdir)
+    host_state = local_copy(exp.dp.get_state(state))
+    checkpoint.export_encoder(os.path.join(workdir, "encoder"), host_state.params, host_state.batch_stats,
+                              config.model)
+    log("Evaluating the frozen backbone (kNN and linear)...")
+    results = evaluate_state(exp, state)
+    results.update(step=int(host_state.step), method=config.method, model=config.model.name,
+                   width=config.model.width, batch_size=config.batch_size)
+    write_results(workdir, results)
+    if jax.process_index() == 0:
+        metrics_log.plot_loss(workdir, title=f"{config.method} {config.model.name}")
+    log(f"Results: knn_top1={results['knn_top1']:.4f} linear_top1={results['linear_top1']:.4f} "
+        f"linear_top5={results['linear_top5']:.4f} -> {os.path.join(workdir, EVAL_FILE)}")
+    return results

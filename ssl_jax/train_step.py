@@ -1,0 +1,157 @@
+"""The train state and the per-device train step shared by every method.
+
+`per_device_step(state, batch) -> (state, metrics)` is pure: it augments the uint8 batch on the device with
+per-example keys derived from each example's global position, runs the online network (and the EMA target where
+the method keeps one) on both views, applies the method's loss, averages gradients over the 'batch' axis,
+updates the optimizer, the EMA target, the loss state and an online linear probe on stop-gradient features.
+`sharding.DataParallel` maps it over devices.
+"""
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from ssl_jax import augment
+from ssl_jax.sharding import AXIS
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; arrays only, so it checkpoints and shards as one pytree."""
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    target_params: Any           # EMA target network ({} when the method keeps none)
+    target_batch_stats: Any
+    loss_state: Any              # e.g. TiCo's running covariance ({} when none)
+    probe_params: Any            # online linear probe on stop-gradient backbone features
+    probe_opt_state: Any
+    rng: jax.Array               # base key (raw uint32); each step folds in its step number
+
+
+def ema_decay_schedule(base_decay, step, total_steps):
+    """BYOL's cosine schedule: tau_k = 1 - (1 - tau_base) * (cos(pi k / K) + 1) / 2."""
+    progress = jnp.minimum(step / jnp.maximum(total_steps, 1), 1.0)
+    return 1.0 - (1.0 - base_decay) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+
+
+def ema_update(target, online, decay):
+    """xi <- tau * xi + (1 - tau) * theta, leaf by leaf."""
+    return jax.tree.map(lambda t, o: decay * t + (1.0 - decay) * o, target, online)
+
+
+def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape, projection_dim):
+    """Initialises every slot of the state on the host's default device."""
+    init_key, probe_key, state_key = jax.random.split(rng, 3)
+    dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
+    variables = net.init(init_key, dummy, train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    features = net.apply(variables, dummy, train=False)["features"]
+    probe_params = probe.init(probe_key, features)["params"]
+    has_target = method.ema_target
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        target_params=jax.tree.map(jnp.copy, params) if has_target else {},
+        target_batch_stats=jax.tree.map(jnp.copy, batch_stats) if has_target else {},
+        loss_state=method.init_loss_state(projection_dim),
+        probe_params=probe_params,
+        probe_opt_state=probe_tx.init(probe_params),
+        rng=jax.random.key_data(state_key),
+    )
+
+
+def _forward(net, params, batch_stats, views, use_predictor=True):
+    """Both views through the network in train mode; BatchNorm statistics threaded through the two calls."""
+    outputs = []
+    for view in views:
+        out, updates = net.apply({"params": params, "batch_stats": batch_stats}, view, train=True,
+                                 use_predictor=use_predictor, mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+        outputs.append(out)
+    return tuple(outputs), batch_stats
+
+
+def _probe_loss(probe, probe_params, features, labels):
+    logits = probe.apply({"params": probe_params}, features)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (logits.argmax(-1) == labels).mean()
+
+
+def _scalar_metrics(aux):
+    return {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
+
+
+def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_configs, loss_kwargs,
+                         ema_base_decay, total_steps, axis_name=AXIS):
+    """Builds `per_device_step(state, batch)`; `batch` holds uint8 'image', int 'label' and global 'index'."""
+    view1_cfg, view2_cfg = view_configs
+
+    def per_device_step(state, batch):
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        views = augment.two_views(step_key, batch["image"], batch["index"], view1_cfg, view2_cfg)
+        views = tuple(augment.normalize(v) for v in views)
+
+        target_outputs, target_batch_stats = None, state.target_batch_stats
+        if method.ema_target:
+            target_outputs, target_batch_stats = _forward(net, state.target_params, state.target_batch_stats,
+                                                          views, use_predictor=False)
+            target_outputs = lax.stop_gradient(target_outputs)
+
+        def loss_fn(params):
+            online, batch_stats = _forward(net, params, state.batch_stats, views)
+            loss, aux = method.loss(online, target_outputs, state.loss_state, axis_name, **loss_kwargs)
+            return loss, (aux, batch_stats, online[0]["features"], online[1]["features"])
+
+        (loss, (aux, batch_stats, feat1, feat2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = lax.pmean(grads, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        decay = ema_decay_schedule(ema_base_decay, state.step, total_steps)
+        target_params = ema_update(state.target_params, params, decay) if method.ema_target else {}
+        loss_state = {k: lax.pmean(aux[k], axis_name) for k in method.loss_state_keys}
+
+        features = lax.stop_gradient(jnp.concatenate([feat1, feat2]))
+        labels = jnp.concatenate([batch["label"], batch["label"]])
+        (probe_loss, probe_acc), probe_grads = jax.value_and_grad(_probe_loss, argnums=1, has_aux=True)(
+            probe, state.probe_params, features, labels)
+        probe_grads = lax.pmean(probe_grads, axis_name)
+        probe_updates, probe_opt_state = probe_tx.update(probe_grads, state.probe_opt_state, state.probe_params)
+
+        metrics = dict(_scalar_metrics(aux), loss=loss, probe_loss=probe_loss, probe_accuracy=probe_acc)
+        metrics = lax.pmean(metrics, axis_name)
+        metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+        if method.ema_target:
+            metrics["ema_decay"] = jnp.asarray(decay, jnp.float32)
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+            target_params=target_params, target_batch_stats=target_batch_stats, loss_state=loss_state,
+            probe_params=optax.apply_updates(state.probe_params, probe_updates), probe_opt_state=probe_opt_state)
+        return new_state, metrics
+
+    return per_device_step
+
+
+class LinearProbe(nn.Module):
+    """The online probe: one Dense layer on frozen features."""
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, features):
+        return nn.Dense(self.num_classes, dtype=jnp.float32)(features)
+
+
+def steps_for(num_epochs, num_train_steps, steps_per_epoch):
+    """Total steps: num_train_steps when > 0, else num_epochs full epochs."""
+    if num_train_steps and num_train_steps > 0:
+        return int(num_train_steps)
+    return int(math.ceil(num_epochs * steps_per_epoch))

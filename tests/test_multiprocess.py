@@ -1,0 +1,46 @@
+"""Two processes on localhost (jax.distributed with CPU collectives) train exactly like one process."""
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    return subprocess.Popen([sys.executable, WORKER, *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process):
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def test_two_processes_match_one_process(tmp_path):
+    coordinator = f"127.0.0.1:{_free_port()}"
+    workers = [_start([coordinator, 2, i, tmp_path / "multi", tmp_path / f"multi{i}.npz"]) for i in range(2)]
+    outputs = [_finish(w) for w in workers]
+    _finish(_start(["-", 1, 0, tmp_path / "single", tmp_path / "single.npz"]))
+
+    single = np.load(tmp_path / "single.npz")
+    assert int(single["devices"]) == 2
+    assert "Resuming from the checkpoint at step 2" in outputs[0]
+    for i in range(2):
+        multi = np.load(tmp_path / f"multi{i}.npz")
+        assert int(multi["devices"]) == 4 and int(multi["step"]) == 4
+        leaf_names = [k for k in single.files if k.startswith("arr_")]
+        for name in leaf_names:
+            np.testing.assert_allclose(multi[name], single[name], rtol=2e-3, atol=2e-4, err_msg=name)
+    assert os.path.exists(tmp_path / "multi" / "checkpoints")
+    assert not os.path.exists(tmp_path / "multi" / "metrics.jsonl.tmp")

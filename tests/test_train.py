@@ -1,0 +1,187 @@
+"""End-to-end training: loss goes down on mock TFDS data and on an image folder, exact resume, the command line."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import helpers
+from ssl_jax import checkpoint
+from ssl_jax import data
+from ssl_jax import train
+from ssl_jax import train_step
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line)["train/loss"] for line in f]
+
+
+def _write_image_folder(root, dataset):
+    for split_name, split in (("train", dataset.train), ("test", dataset.test)):
+        for i, (image, label) in enumerate(zip(split.images, split.labels)):
+            folder = root / "cifar_small" / split_name / f"class_{label:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return root / "cifar_small"
+
+
+def _assert_results(results, workdir):
+    with open(os.path.join(workdir, "eval.json")) as f:
+        written = json.load(f)
+    for key in ("knn_top1", "linear_top1", "linear_top5"):
+        assert 0.0 <= written[key] <= 1.0
+        assert written[key] == pytest.approx(results[key])
+    assert written["linear_top5"] >= written["linear_top1"]
+
+
+def test_simclr_trains_on_an_image_folder(tmp_path):
+    """Loads a folder the test writes, trains, evaluates, writes eval.json, the plot and the encoder."""
+    folder = _write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=64, num_test=20))
+    config = helpers.tiny_config(steps=12, **{"data.path": str(folder), "data.cache_dir": str(tmp_path / "cache"),
+                                              "optimizer.base_lr": 2.0})
+    workdir = str(tmp_path / "work")
+    results = train.train_and_evaluate(config, workdir)
+    losses = _losses(workdir)
+    assert len(losses) == 6 and np.isfinite(losses).all()
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    _assert_results(results, workdir)
+    assert os.path.exists(os.path.join(workdir, "loss.png"))
+    encode, variables = checkpoint.load_encoder(os.path.join(workdir, "encoder"))
+    features = encode(variables, np.zeros((2, 32, 32, 3), np.float32))
+    assert features.shape == (2, 8 * config.model.width)
+
+
+def test_simclr_trains_on_mock_tfds(tmp_path):
+    with tfds.testing.mock_data(num_examples=64):
+        config = helpers.tiny_config(steps=12, **{"data.download": False, "data.cache_dir": str(tmp_path / "c"),
+                                                  "optimizer.base_lr": 2.0})
+        workdir = str(tmp_path / "work")
+        results = train.train_and_evaluate(config, workdir)
+    losses = _losses(workdir)
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    _assert_results(results, workdir)
+
+
+def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
+    dataset = helpers.synthetic_dataset()
+    config = helpers.tiny_config(steps=6, checkpoint_every_steps=2)
+    full = train.train(train.build_experiment(config, dataset), str(tmp_path / "full"))
+
+    interrupted_dir = str(tmp_path / "interrupted")
+    first = train.train(train.build_experiment(config, dataset), interrupted_dir, stop_after_steps=3)
+    assert int(train.local_copy(first.step)) == 3
+    resumed = train.train(train.build_experiment(config, dataset), interrupted_dir)
+
+    full, resumed = train.local_copy(full), train.local_copy(resumed)
+    assert int(resumed.step) == 6
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    logged_steps = [json.loads(line)["step"] for line in open(os.path.join(interrupted_dir, "metrics.jsonl"))]
+    assert logged_steps == sorted(set(logged_steps))
+
+
+def test_run_again_resumes_instead_of_starting_over(tmp_path, capsys):
+    dataset = helpers.synthetic_dataset()
+    config = helpers.tiny_config(steps=2)
+    workdir = str(tmp_path / "w")
+    train.train(train.build_experiment(config, dataset), workdir)
+    state = train.train(train.build_experiment(config, dataset), workdir)
+    assert "Resuming from the checkpoint at step 2" in capsys.readouterr().out
+    assert int(train.local_copy(state.step)) == 2
+
+
+def test_ema_schedule_end_points():
+    assert float(train_step.ema_decay_schedule(0.99, 0, 100)) == pytest.approx(0.99)
+    assert float(train_step.ema_decay_schedule(0.99, 100, 100)) == pytest.approx(1.0)
+    assert float(train_step.ema_decay_schedule(0.99, 50, 100)) == pytest.approx(0.995)
+
+
+def test_ema_update_against_numpy():
+    target = {"w": np.array([1.0, 2.0]), "b": np.array([0.5])}
+    online = {"w": np.array([3.0, -2.0]), "b": np.array([1.5])}
+    updated = train_step.ema_update(target, online, 0.9)
+    np.testing.assert_allclose(updated["w"], 0.9 * target["w"] + 0.1 * online["w"])
+    np.testing.assert_allclose(updated["b"], [0.6])
+
+
+def _main(*args, **kwargs):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "ssl_jax.main", *args], cwd=helpers.REPO, env=env,
+                          capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def test_command_line_end_to_end(tmp_path):
+    folder = _write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=64, num_test=20))
+    workdir = tmp_path / "w"
+    args = ["--config=configs/simclr_cifar.py:smoke", f"--workdir={workdir}", f"--config.data.path={folder}",
+            f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.batch_size=16", "--config.num_train_steps=4",
+            "--config.model.width=4", "--config.eval.knn_k=5", "--config.eval.linear_epochs=2",
+            "--config.xla_cpu_flags=none"]
+    result = _main(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 4/4" in result.stdout
+    eval_json = json.loads((workdir / "eval.json").read_text())
+    assert set(eval_json) >= {"knn_top1", "linear_top1", "linear_top5"}
+    again = _main(*args)
+    assert again.returncode == 0 and "Resuming from the checkpoint at step 4" in again.stdout
+
+
+def test_command_line_on_mock_data_in_process(tmp_path):
+    """The absl entry point itself, under tfds.testing.mock_data (which only patches this process)."""
+    from absl import flags
+    from ssl_jax import main
+
+    workdir = tmp_path / "w"
+    argv = ["main", "--config=configs/simclr_cifar.py:smoke", f"--workdir={workdir}", "--config.batch_size=16",
+            "--config.num_train_steps=2", "--config.model.width=4", "--config.data.download=False",
+            f"--config.data.cache_dir={tmp_path}", "--config.eval.knn_k=5", "--config.eval.linear_epochs=2",
+            "--config.xla_cpu_flags=none"]
+    cwd = os.getcwd()
+    os.chdir(helpers.REPO)
+    try:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(argv)
+        with tfds.testing.mock_data(num_examples=32):
+            main.main(argv[:1])
+    finally:
+        flags.FLAGS.unparse_flags()
+        os.chdir(cwd)
+    assert json.loads((workdir / "eval.json").read_text())["step"] == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.widht=8", "widht"),
+    ("--config.batch_size=abc", "batch_size"),
+])
+def test_command_line_rejects_bad_overrides_at_once(tmp_path, override, message):
+    result = _main("--config=configs/simclr_cifar.py:smoke", f"--workdir={tmp_path}", override)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr[-2000:] or "FlagsError" in result.stderr or "KeyError" in result.stderr
+
+
+def test_command_line_reports_missing_data_clearly(tmp_path):
+    result = _main("--config=configs/simclr_cifar.py:smoke", f"--workdir={tmp_path}",
+                   f"--config.data.path={tmp_path / 'nothing_here.tar.gz'}", "--config.xla_cpu_flags=none")
+    assert result.returncode == 2
+    assert "nothing_here.tar.gz" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_indivisible_batch_fails_with_a_clear_message():
+    config = helpers.tiny_config(batch_size=12, num_devices=8)
+    with pytest.raises(ValueError, match=r"batch_size=12 cannot be split evenly over 8 device"):
+        train.build_experiment(config, helpers.synthetic_dataset())
+
+
+def test_batches_do_not_depend_on_how_many_processes_read_them():
+    split = helpers.synthetic_split(40)
+    whole = data.host_batch(split, 3, 8, seed=1)
+    halves = [data.host_batch(split, 3, 8, seed=1, process_index=i, process_count=2) for i in range(2)]
+    np.testing.assert_array_equal(whole["image"], np.concatenate([h["image"] for h in halves]))
+    np.testing.assert_array_equal(whole["index"], np.concatenate([h["index"] for h in halves]))
