@@ -24,13 +24,14 @@ import jax
 import jax.numpy as jnp
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)  # per-pixel std over the CIFAR-10 training set
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 _HIGHEST = jax.lax.Precision.HIGHEST
 _CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop
+# Per-example uniforms: crop [2, attempts + 1] | 5 gates | jitter [8] | blur sigma [1].
 _CROP_U = 2 * (_CROP_ATTEMPTS + 1)
-_SPLITS = (_CROP_U, _CROP_U + 5, _CROP_U + 13)  # per-example uniforms: crop | 5 gates | jitter 8 |
-_NUM_UNIFORMS = _CROP_U + 14  # ... | blur sigma 1
+_SPLITS = (_CROP_U, _CROP_U + 5, _CROP_U + 13)
+_NUM_UNIFORMS = _CROP_U + 14
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,12 +6,13 @@ The heavy parts are jitted and batched so that 50,000 x 512 train features again
 
 Recipes:
   * kNN: the weighted k-nearest-neighbour classifier of Wu et al. 2018, "Unsupervised
-    Feature Learning via Non-Parametric Instance Discrimination" (InstDisc), as used for
-    monitoring by SimCLR/MoCo/solo-learn (``solo/utils/knn.py``): L2-normalised features,
-    cosine similarity, top-k neighbours, weights ``exp(sim / T)``, class score = sum of
-    neighbour weights per class. Defaults k=200, T=0.1 are InstDisc's (also solo-learn's).
+    Feature Learning via Non-Parametric Instance Discrimination" (InstDisc), as used to
+    monitor SSL runs by the MoCo CIFAR-10 demo and solo-learn (``solo/utils/knn.py``):
+    L2-normalised features, cosine similarity, top-k neighbours, weights ``exp(sim / T)``,
+    class score = sum of neighbour weights per class. Defaults k=200, T=0.1 follow the
+    MoCo CIFAR-10 demo's kNN monitor (InstDisc itself: k=200, T=0.07).
   * Linear probe: the standard "linear evaluation protocol" (Zhang et al. 2016; Kolesnikov
-    et al. 2019; SimCLR, Chen et al. 2020, App. B.5): a single linear layer trained with
+    et al. 2019; SimCLR, Chen et al. 2020): a single linear layer trained with
     cross-entropy on frozen features, no regularisation by default, cosine learning-rate
     decay. See :func:`linear_eval` for the chosen optimiser.
 """
@@ -256,21 +257,21 @@ def linear_eval(train_features, train_labels, test_features, test_labels, num_cl
 
     A linear classifier ``x @ W.T + b`` trained with softmax cross-entropy on the train
     split, evaluated on the test split. Features are standardised with the train split's
-    per-dimension mean/std when ``standardize`` (the parameter-free BatchNorm that MAE
-    (He et al. 2022) and MoCo v3 put before the linear head; it makes one learning rate
-    work for features of any scale).
+    per-dimension mean/std when ``standardize`` (the equivalent of the affine-free
+    BatchNorm MAE (He et al. 2022) puts before its linear-probe head; it makes one
+    learning rate work for features of any scale).
 
     Optimiser: AdamW (Loshchilov & Hutter 2019) with ``learning_rate`` 1e-3 (Adam's
     default, Kingma & Ba 2015, well conditioned on standardised inputs, so it needs no
-    per-method lr sweep unlike the SGD lr 0.1-30 used by SimCLR/MoCo probes) and cosine
-    decay to 0 over all steps (as in the SimCLR/MoCo v3 linear protocols);
-    ``weight_decay`` 0 by default following SimCLR (App. B.5) and MoCo v3, which use no
-    regularisation in the probe (when > 0 it applies to ``W`` only). Batch 256 and 100
-    epochs as in the MoCo / solo-learn CIFAR linear protocols. Each epoch reshuffles the
-    train set (PRNG key from ``seed``, which also initialises ``W``) and drops the
-    remainder batch (``batch_size`` is clipped to the train size); the epoch loop is a
-    jitted ``fori_loop`` (compiled once, called per chunk of ``log_every`` epochs when
-    ``log_fn(message)`` is given, to report progress).
+    per-method lr sweep, unlike the SGD lr 0.1-30 of the SimCLR/MoCo probes) and cosine
+    decay to 0 over all steps (as in MoCo v3's ``main_lincls.py``); ``weight_decay`` 0 by
+    default, following SimCLR and MoCo (He et al. 2020), which use no regularisation in
+    the probe (when > 0 it applies to ``W`` only). Batch 256 and 100 epochs as in MoCo's
+    linear protocol. Each epoch reshuffles the train set (PRNG key from ``seed``, which
+    also initialises ``W``) and drops the remainder batch (``batch_size`` is clipped to
+    the train size); the epoch loop is a jitted ``fori_loop`` (compiled once per data
+    shape; ``epochs``/lr/wd are traced, so changing them does not recompile), called per
+    chunk of ``log_every`` epochs when ``log_fn(message)`` is given, to report progress.
 
     Returns ``{'linear_top1', 'linear_top5', 'linear_train_top1'}`` as fractions in
     [0, 1]; top-5 uses ``min(5, num_classes)``.

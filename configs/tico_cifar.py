@@ -1,0 +1,49 @@
+"""TiCo on CIFAR-10 (Zhu et al. 2022, "TiCo: Transformation Invariance and Covariance Contrast").
+
+The paper gives ImageNet settings only. Loss: beta 0.9, rho 8 (paper; lightly's TiCo benchmark uses the same),
+view 1 through the online network and view 2 through an EMA target (the paper's BYOL-style momentum branch).
+Projector: the paper's "linear layer with output size 4096 followed by BN, ReLU, and a final linear layer with
+output dimension 256" (as quoted in lightly's TiCoProjectionHead); no predictor. Everything else is our choice:
+BYOL's CIFAR recipe (solo-learn `scripts/pretrain/cifar/byol.yaml`: global batch 256, 1000 epochs, LARS lr 1.0 per
+256 images, weight decay 1e-5, eta 0.02, tau 0.99 -> 1.0) and BYOL's views (table 6), as lightly's TiCo benchmark
+reuses BYOL's optimizer and BYOLTransform. solo-learn's lr is per 256 images (solo/args/pretrain.py scales it by
+batch/256), so base_lr = the yaml lr.
+
+    python -m ssl_jax.main --config=configs/tico_cifar.py --workdir=/tmp/tico
+    python -m ssl_jax.main --config=configs/tico_cifar.py:smoke --workdir=/tmp/smoke
+"""
+import ml_collections
+
+from ssl_jax import config_lib
+
+
+def _view(blur_prob, solarize_prob):
+    view = config_lib.view_config(color_strength=0.5, blur_prob=blur_prob, solarize_prob=solarize_prob)
+    view.saturation = 0.2  # BYOL table 6: jitter 0.4/0.4/0.2/0.1 (strength 0.5 gives 0.4/0.4/0.4/0.1)
+    return view
+
+
+def get_config(arg=None):
+    config = config_lib.base_config()
+    config.method = "tico"
+    config.batch_size = 256                      # our choice: solo-learn byol.yaml (no TiCo CIFAR recipe)
+    config.num_epochs = 1000                     # our choice: solo-learn byol.yaml
+
+    config.augment.view1 = _view(blur_prob=1.0, solarize_prob=0.0)  # BYOL table 6, view 1 (lightly: BYOLTransform)
+    config.augment.view2 = _view(blur_prob=0.1, solarize_prob=0.2)  # BYOL table 6, view 2
+
+    config.model.projector_hidden = (4096,)      # TiCo paper: Linear(4096)-BN-ReLU-Linear(256)
+    config.model.projection_dim = 256            # TiCo paper
+
+    config.loss = ml_collections.ConfigDict(dict(
+        beta=0.9,                                # TiCo paper (and lightly's benchmark)
+        rho=8.0,                                 # TiCo paper (and lightly's benchmark)
+    ))
+
+    config.optimizer.name = "lars"               # lightly's TiCo benchmark and solo-learn byol.yaml
+    config.optimizer.base_lr = 1.0               # our choice: solo-learn byol.yaml lr 1.0 per 256 images
+    config.optimizer.weight_decay = 1e-5         # our choice: solo-learn byol.yaml
+    config.optimizer.trust_coefficient = 0.02    # our choice: solo-learn byol.yaml eta
+
+    config.ema.base_decay = 0.99                 # solo-learn byol.yaml base_tau; lightly's TiCo: cosine 0.99 -> 1
+    return config_lib.finalize(config, arg)

@@ -1,0 +1,48 @@
+"""VICReg on CIFAR-10 (Bardes, Ponce & LeCun 2022) with solo-learn's ResNet-18 CIFAR recipe.
+
+Sources: solo-learn `scripts/pretrain/cifar/vicreg.yaml`: global batch 256, 1000 epochs, LARS lr 0.3 per 256
+images, weight decay 1e-4, eta 0.02, projector 2048-2048 -> 2048 (solo/methods/vicreg.py: two hidden layers),
+loss weights 25/25/1 (the paper's lambda/mu/nu), and its own symmetric views: crop scale (0.2, 1.0), jitter
+0.4/0.4/0.2/0.1 with p=0.8, grayscale p=0.2, no blur, solarize p=0.1. eps 1e-4 in the variance hinge is the
+paper's. solo-learn's lr is per 256 images (solo/args/pretrain.py scales it by batch/256), the same linear rule as
+ours, so base_lr = the yaml lr. Warm-up 10 epochs then cosine is solo-learn's default and already the base value.
+
+    python -m ssl_jax.main --config=configs/vicreg_cifar.py --workdir=/tmp/vicreg
+    python -m ssl_jax.main --config=configs/vicreg_cifar.py:smoke --workdir=/tmp/smoke
+"""
+import ml_collections
+
+from ssl_jax import config_lib
+
+
+def _view():
+    view = config_lib.view_config(color_strength=0.5, blur_prob=0.0, solarize_prob=0.1)  # solo-learn vicreg.yaml
+    view.saturation = 0.2         # solo-learn vicreg.yaml: jitter 0.4/0.4/0.2/0.1 (strength 0.5 gives sat 0.4)
+    view.crop_scale = (0.2, 1.0)  # solo-learn vicreg.yaml crop_min_scale 0.2
+    return view
+
+
+def get_config(arg=None):
+    config = config_lib.base_config()
+    config.method = "vicreg"
+    config.batch_size = 256                      # solo-learn vicreg.yaml
+    config.num_epochs = 1000                     # solo-learn vicreg.yaml
+
+    config.augment.view1 = _view()               # solo-learn vicreg.yaml (symmetric)
+    config.augment.view2 = _view()
+
+    config.model.projector_hidden = (2048, 2048)  # solo-learn vicreg.yaml proj_hidden_dim, 3-layer projector
+    config.model.projection_dim = 2048           # solo-learn vicreg.yaml proj_output_dim
+
+    config.loss = ml_collections.ConfigDict(dict(
+        sim_coeff=25.0,                          # VICReg paper lambda; solo-learn sim_loss_weight
+        std_coeff=25.0,                          # VICReg paper mu; solo-learn var_loss_weight
+        cov_coeff=1.0,                           # VICReg paper nu; solo-learn cov_loss_weight
+        eps=1e-4,                                # VICReg paper: std = sqrt(Var + 1e-4)
+    ))
+
+    config.optimizer.name = "lars"               # solo-learn vicreg.yaml
+    config.optimizer.base_lr = 0.3               # solo-learn vicreg.yaml lr 0.3 per 256 images
+    config.optimizer.weight_decay = 1e-4         # solo-learn vicreg.yaml
+    config.optimizer.trust_coefficient = 0.02    # solo-learn vicreg.yaml eta
+    return config_lib.finalize(config, arg)
