@@ -16,11 +16,6 @@ import ml_collections
 from ssl_jax import config_lib
 
 
-def _view(solarize_prob):
-    view = config_lib.view_config(color_strength=0.5, blur_prob=0.0, solarize_prob=solarize_prob)
-    view.saturation = 0.2  # solo-learn asymmetric.yaml: jitter 0.4/0.4/0.2/0.1 (strength 0.5 gives sat 0.4)
-    return view
-
 
 def get_config(arg=None):
     config = config_lib.base_config()
@@ -28,8 +23,8 @@ def get_config(arg=None):
     config.batch_size = 256                      # solo-learn mocov3.yaml
     config.num_epochs = 1000                     # solo-learn mocov3.yaml
 
-    config.augment.view1 = _view(solarize_prob=0.0)  # solo-learn CIFAR asymmetric.yaml, view 1 (no blur)
-    config.augment.view2 = _view(solarize_prob=0.2)  # solo-learn CIFAR asymmetric.yaml, view 2
+    config.augment.view1 = config_lib.byol_view_config(solarize_prob=0.0)  # solo-learn CIFAR asymmetric.yaml, view 1 (no blur)
+    config.augment.view2 = config_lib.byol_view_config(solarize_prob=0.2)  # solo-learn CIFAR asymmetric.yaml, view 2
 
     config.model.projector_hidden = (4096,)      # solo-learn mocov3.yaml proj_hidden_dim (2-layer for ResNets)
     config.model.projection_dim = 256            # solo-learn mocov3.yaml proj_output_dim

@@ -17,11 +17,6 @@ import ml_collections
 from ssl_jax import config_lib
 
 
-def _view(blur_prob, solarize_prob):
-    view = config_lib.view_config(color_strength=0.5, blur_prob=blur_prob, solarize_prob=solarize_prob)
-    view.saturation = 0.2  # BYOL table 6: jitter 0.4/0.4/0.2/0.1 (strength 0.5 gives 0.4/0.4/0.4/0.1)
-    return view
-
 
 def get_config(arg=None):
     config = config_lib.base_config()
@@ -29,8 +24,8 @@ def get_config(arg=None):
     config.batch_size = 256                      # our choice: solo-learn byol.yaml (no TiCo CIFAR recipe)
     config.num_epochs = 1000                     # our choice: solo-learn byol.yaml
 
-    config.augment.view1 = _view(blur_prob=1.0, solarize_prob=0.0)  # BYOL table 6, view 1 (lightly: BYOLTransform)
-    config.augment.view2 = _view(blur_prob=0.1, solarize_prob=0.2)  # BYOL table 6, view 2
+    config.augment.view1 = config_lib.byol_view_config(blur_prob=1.0, solarize_prob=0.0)  # BYOL table 6, view 1 (lightly: BYOLTransform)
+    config.augment.view2 = config_lib.byol_view_config(blur_prob=0.1, solarize_prob=0.2)  # BYOL table 6, view 2
 
     config.model.projector_hidden = (4096,)      # TiCo paper: Linear(4096)-BN-ReLU-Linear(256)
     config.model.projection_dim = 256            # TiCo paper

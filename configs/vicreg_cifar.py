@@ -15,12 +15,6 @@ import ml_collections
 from ssl_jax import config_lib
 
 
-def _view():
-    view = config_lib.view_config(color_strength=0.5, blur_prob=0.0, solarize_prob=0.1)  # solo-learn vicreg.yaml
-    view.saturation = 0.2         # solo-learn vicreg.yaml: jitter 0.4/0.4/0.2/0.1 (strength 0.5 gives sat 0.4)
-    view.crop_scale = (0.2, 1.0)  # solo-learn vicreg.yaml crop_min_scale 0.2
-    return view
-
 
 def get_config(arg=None):
     config = config_lib.base_config()
@@ -28,8 +22,8 @@ def get_config(arg=None):
     config.batch_size = 256                      # solo-learn vicreg.yaml
     config.num_epochs = 1000                     # solo-learn vicreg.yaml
 
-    config.augment.view1 = _view()               # solo-learn vicreg.yaml (symmetric)
-    config.augment.view2 = _view()
+    config.augment.view1 = config_lib.byol_view_config(solarize_prob=0.1, crop_scale=(0.2, 1.0))  # solo-learn vicreg.yaml (symmetric)
+    config.augment.view2 = config_lib.byol_view_config(solarize_prob=0.1, crop_scale=(0.2, 1.0))
 
     config.model.projector_hidden = (2048, 2048)  # solo-learn vicreg.yaml proj_hidden_dim, 3-layer projector
     config.model.projection_dim = 2048           # solo-learn vicreg.yaml proj_output_dim

@@ -29,6 +29,15 @@ def view_config(color_strength=SIMCLR_CIFAR_COLOR_STRENGTH, blur_prob=0.0, solar
     ))
 
 
+def byol_view_config(blur_prob=0.0, solarize_prob=0.0, crop_scale=(0.08, 1.0)):
+    """BYOL's view (table 6: jitter 0.4/0.4/0.2/0.1 with p=0.8, grayscale p=0.2), as in solo-learn's CIFAR
+    recipes; blur and solarize probabilities are what differ between the two views."""
+    view = view_config(color_strength=0.5, blur_prob=blur_prob, solarize_prob=solarize_prob)
+    view.saturation = 0.2
+    view.crop_scale = tuple(crop_scale)
+    return view
+
+
 def base_config():
     """SimCLR on CIFAR-10 with ResNet-18 (CIFAR stem); the defaults every method config starts from."""
     config = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from ssl_jax import runtime
@@ -26,6 +27,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.is_parsed() or FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
     config = FLAGS.config
     runtime.configure_xla_cpu(config.xla_cpu_flags)
     if FLAGS.distributed or FLAGS.coordinator_address:

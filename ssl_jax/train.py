@@ -194,13 +194,11 @@ def train(exp, workdir, stop_after_steps=None):
         if step % config.log_every_steps == 0 or step == last_step:
             logger.write(step, _fetch(pending))
             pending = []
-        if step % config.checkpoint_every_steps == 0 and step < exp.total_steps:
-            checkpointer.save(step, exp.dp.get_state(state))
+        if step % config.checkpoint_every_steps == 0 or step == last_step:
+            checkpointer.save(step, exp.dp.get_state(state), force=step == last_step)
         if eval_every and step % eval_every == 0 and step < exp.total_steps:
             logger.write(step, evaluate_state(exp, state, linear=False), prefix="eval")
             logger.start(step)
-    if last_step > start_step:
-        checkpointer.save(last_step, exp.dp.get_state(state), force=True)
     checkpointer.close()
     logger.close()
     return state

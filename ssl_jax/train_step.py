@@ -6,6 +6,7 @@ the method keeps one) on both views, applies the method's loss, averages gradien
 updates the optimizer, the EMA target, the loss state and an online linear probe on stop-gradient features.
 `sharding.DataParallel` maps it over devices.
 """
+import functools
 import math
 from typing import Any
 
@@ -50,10 +51,10 @@ def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape, proje
     """Initialises every slot of the state on the host's default device."""
     init_key, probe_key, state_key = jax.random.split(rng, 3)
     dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
-    variables = net.init(init_key, dummy, train=False)
+    variables = jax.jit(functools.partial(net.init, train=False))(init_key, dummy)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    features = net.apply(variables, dummy, train=False)["features"]
-    probe_params = probe.init(probe_key, features)["params"]
+    features = jax.eval_shape(functools.partial(net.apply, train=False), variables, dummy)["features"]
+    probe_params = jax.jit(probe.init)(probe_key, jnp.zeros(features.shape, features.dtype))["params"]
     has_target = method.ema_target
     return TrainState(
         step=jnp.zeros((), jnp.int32),

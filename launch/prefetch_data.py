@@ -1,0 +1,37 @@
+"""Loads (downloads, decodes and caches) the dataset of a config once, before several processes start.
+
+    python launch/prefetch_data.py --config=configs/simclr_cifar.py [--config.data.path=...] [other main.py flags]
+
+Takes the same flags as `python -m ssl_jax.main` (flags other than --config and its overrides are ignored), so a
+launcher can pass its command line through unchanged. Used by launch/multi_gpu.sh --processes and
+launch/slurm.sbatch so that N processes do not download CIFAR N times at once, and so that missing data fails
+once, early, with the library's message. Imports no JAX.
+"""
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, as for ssl_jax.main.")
+
+
+def main(argv):
+    flags.FLAGS(argv, known_only=True)
+    config = _CONFIG.value
+    if config is None:
+        sys.exit("error: --config=CONFIG is required")
+    from ssl_jax import data
+
+    try:
+        dataset = data.load_dataset(config.data.name, path=config.data.path or None,
+                                    cache_dir=config.data.cache_dir or None,
+                                    tfds_data_dir=config.data.tfds_data_dir or None, download=config.data.download)
+    except data.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"Data ready: {dataset.source}; {len(dataset.train.labels)} train / {len(dataset.test.labels)} test "
+          "images.", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

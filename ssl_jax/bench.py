@@ -1,0 +1,184 @@
+"""Benchmark: `python -m ssl_jax.bench --config=CONFIG [--config.x=y ...] [--steps=N] [--part=step]`.
+
+Builds the trainer's own step (same config, network, augmentations on the device, sharding), compiles it outside
+the timing, times `--steps` steps with the device synchronised after each, and prints one JSON line.
+`--part=augment` times the on-device augmentation alone and `--part=input` the host input pipeline alone (host
+batch + transfer), so a bottleneck shows where it is. The data are random uint8 images of the configured size,
+so no data set is needed.
+"""
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from ssl_jax import runtime
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, as for ssl_jax.main.", lock_config=True)
+flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_enum("part", "step", ["step", "augment", "input"], "What to time.")
+flags.DEFINE_integer("num_images", 0, "Size of the random data set (0: 4 global batches).")
+flags.mark_flags_as_required(["config"])
+
+# Dense bf16 peak FLOP/s by device kind (vendor data sheets); MFU is reported only for these.
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "V100": 125e12, "T4": 65e12,
+    "TPU v2": 45e12, "TPU v3": 123e12, "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
+    "TPU v5p": 459e12, "TPU v6 lite": 918e12,
+}
+
+
+def peak_flops(device):
+    kind = getattr(device, "device_kind", "")
+    matches = [flops for name, flops in PEAK_FLOPS.items() if name.lower() in kind.lower()]
+    return max(matches) if matches else None
+
+
+def random_dataset(config, num_images):
+    from ssl_jax import data
+
+    rng = np.random.default_rng(0)
+    size = config.augment.view1.crop_size
+    split = data.Split(rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8),
+                       rng.integers(0, 10, num_images).astype(np.int32))
+    return data.Dataset(name=config.data.name, num_classes=10, train=split, test=split, source="random (bench)")
+
+
+def time_calls(fn, steps, warmup):
+    """Calls `fn()` (which must block until its result is ready) warmup + steps times; returns step seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def flops_of(compiled):
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends do not report costs
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    return float(analysis["flops"]) if analysis and analysis.get("flops") else None
+
+
+def peak_memory(devices):
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
+    return max(peaks) if all(p is not None for p in peaks) and peaks else None
+
+
+def bench_step(exp, steps, warmup):
+    """Compiles and times the full train step; returns the step-specific fields."""
+    import jax
+    from ssl_jax import data, train
+
+    state = exp.dp.put_state(train.initial_state(exp))
+    step_fn = train.make_step_fn(exp)
+    batches = [exp.dp.put_batch(data.host_batch(exp.dataset.train, i, exp.config.batch_size, 0)) for i in range(2)]
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, batches[0]).compile() if hasattr(step_fn, "lower") else None
+    if compiled is None:  # pmap: compile by running once
+        state, _ = step_fn(state, batches[0])
+        jax.block_until_ready(state)
+        compiled = step_fn
+    compile_s = time.perf_counter() - start
+    holder = {"state": state, "i": 0}
+
+    def one_step():
+        holder["state"], metrics = compiled(holder["state"], batches[holder["i"] % 2])
+        holder["i"] += 1
+        jax.block_until_ready(metrics)
+
+    times = time_calls(one_step, steps, warmup)
+    return dict(compile_s=compile_s, times=times,
+                flops=flops_of(compiled) if exp.dp.mode == "shard_map" else None)
+
+
+def bench_augment(exp, steps, warmup):
+    import jax
+    from ssl_jax import augment, data
+
+    cfgs = (augment.view_config_from_dict(exp.config.augment.view1),
+            augment.view_config_from_dict(exp.config.augment.view2))
+    key = jax.random.key(0)
+
+    def per_device(batch):
+        return augment.two_views(key, batch["image"], batch["index"], *cfgs)
+
+    fn = exp.dp.map_batch_fn(per_device)
+    batch = exp.dp.put_batch(data.host_batch(exp.dataset.train, 0, exp.config.batch_size, 0))
+    start = time.perf_counter()
+    jax.block_until_ready(fn(batch))
+    compile_s = time.perf_counter() - start
+    times = time_calls(lambda: jax.block_until_ready(fn(batch)), steps, warmup)
+    return dict(compile_s=compile_s, times=times, flops=None)
+
+
+def bench_input(exp, steps, warmup):
+    import jax
+    from ssl_jax import data
+
+    counter = iter(range(10**9))
+
+    def one_batch():
+        host = data.host_batch(exp.dataset.train, next(counter), exp.config.batch_size, 0)
+        jax.block_until_ready(exp.dp.put_batch(host))
+
+    return dict(compile_s=0.0, times=time_calls(one_batch, steps, warmup), flops=None)
+
+
+def run(config, steps=10, warmup=2, part="step", num_images=0):
+    """Runs one benchmark and returns its JSON-ready record."""
+    import jax
+    from ssl_jax import train
+
+    dataset = random_dataset(config, num_images or 4 * config.batch_size)
+    exp = train.build_experiment(config, dataset)
+    result = {"step": bench_step, "augment": bench_augment, "input": bench_input}[part](exp, steps, warmup)
+    median = statistics.median(result["times"])
+    devices = list(exp.dp.mesh.devices.flat)
+    record = dict(
+        part=part, method=config.method, model=config.model.name, width=config.model.width,
+        batch_size=config.batch_size, devices=len(devices), device_kind=devices[0].device_kind,
+        backend=jax.default_backend(), dtype=np.dtype(train.compute_dtype(config.model.dtype)).name,
+        parallel=exp.dp.mode, compile_s=round(result["compile_s"], 3), step_time_ms=round(1000 * median, 3),
+        step_time_ms_min=round(1000 * min(result["times"]), 3), steps=steps,
+        images_per_sec=round(config.batch_size / median, 1),
+        views_per_sec=round(2 * config.batch_size / median, 1))
+    flops = result["flops"]
+    if flops:
+        total = flops * len(devices)  # cost_analysis counts one device's program
+        peak = peak_flops(devices[0])
+        record.update(gflops_per_step=round(total / 1e9, 2), tflops_per_sec=round(total / median / 1e12, 4),
+                      mfu=round(total / median / (peak * len(devices)), 4) if peak else None)
+    record["peak_memory_bytes"] = peak_memory(devices)
+    record["xla_flags"] = " ".join(f for f in __import__("os").environ.get("XLA_FLAGS", "").split()
+                                   if f.startswith("--xla_cpu")) or None
+    return record
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = FLAGS.config
+    runtime.configure_xla_cpu(config.xla_cpu_flags)
+    try:
+        record = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.part, FLAGS.num_images)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
