@@ -71,21 +71,19 @@ def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape, proje
 
 
 def _forward(net, params, batch_stats, views, use_predictor=True):
-    """Both views through the network in train mode, each with its own BatchNorm statistics, the running
-    averages updated view after view. A `lax.scan` over the views compiles the network once, not twice."""
-    def one_view(stats, view):
-        out, updates = net.apply({"params": params, "batch_stats": stats}, view, train=True,
-                                 use_predictor=use_predictor, mutable=["batch_stats"])
-        return updates["batch_stats"], out
+    """Each view through the network in train mode with its own BatchNorm statistics (as BYOL, VICReg and
+    Barlow Twins do), the running averages updated view after view.
 
-    if len({v.shape for v in views}) > 1:
-        outputs = []
-        for view in views:
-            batch_stats, out = one_view(batch_stats, view)
-            outputs.append(out)
-        return tuple(outputs), batch_stats
-    batch_stats, stacked = lax.scan(one_view, batch_stats, jnp.stack(views))
-    return tuple(jax.tree.map(lambda x: x[i], stacked) for i in range(len(views))), batch_stats
+    A Python loop, not `lax.scan`: scan would compile the network once instead of twice, but the XLA CPU
+    backend ran the scanned step over 30x slower (docs/benchmarks.md).
+    """
+    outputs = []
+    for view in views:
+        out, updates = net.apply({"params": params, "batch_stats": batch_stats}, view, train=True,
+                                 use_predictor=use_predictor, mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+        outputs.append(out)
+    return tuple(outputs), batch_stats
 
 
 def _probe_loss(probe, probe_params, features, labels):
