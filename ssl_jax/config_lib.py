@@ -80,7 +80,7 @@ def base_config():
         weight_decay=1e-4,           # SimCLR CIFAR-10 command
         momentum=0.9,
         trust_coefficient=1e-3,      # LARS eta (You et al. 2017; SimCLR)
-        warmup_epochs=10,            # SimCLR: 10 warm-up epochs, then cosine decay
+        warmup_epochs=10.0,          # SimCLR: 10 warm-up epochs, then cosine decay
         b1=0.9, b2=0.999,            # AdamW only
     ))
 
@@ -116,7 +116,7 @@ def smoke(config):
     if config.model.predictor_dim:
         config.model.predictor_hidden = (64,)
         config.model.predictor_dim = 32
-    config.optimizer.warmup_epochs = 0
+    config.optimizer.warmup_epochs = 0.0
     config.log_every_steps = 10
     config.checkpoint_every_steps = 20
     config.eval.linear_epochs = 10

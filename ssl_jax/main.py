@@ -27,13 +27,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.is_parsed() or FLAGS["verbosity"].using_default_value:
-        logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
     config = FLAGS.config
     runtime.configure_xla_cpu(config.xla_cpu_flags)
     if FLAGS.distributed or FLAGS.coordinator_address:
         runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from ssl_jax import train  # imports jax's backend-dependent pieces after the XLA options are set
+
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO (and raises the level on import)
 
     try:
         train.train_and_evaluate(config, FLAGS.workdir)

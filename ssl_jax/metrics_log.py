@@ -19,13 +19,13 @@ class MetricLogger:
     Only the process with `active=True` (process 0) writes anything.
     """
 
-    def __init__(self, workdir, total_steps, steps_per_epoch, global_batch_size, active=True, print_fn=print):
+    def __init__(self, workdir, total_steps, steps_per_epoch, global_batch_size, active=True, print_fn=None):
         self.workdir = workdir
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.global_batch_size = global_batch_size
         self.active = active
-        self.print_fn = print_fn
+        self.print_fn = print_fn or (lambda line: print(line, flush=True))
         self._writer = None
         self._last = None  # (time, step) of the previous progress line
 

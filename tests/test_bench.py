@@ -1,0 +1,57 @@
+"""The benchmark command runs on CPU and prints one well-formed JSON line with positive numbers."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import helpers
+from ssl_jax import bench
+
+TINY = ["--config.batch_size=16", "--config.model.width=4", "--config.model.projector_hidden=(32,)",
+        "--config.model.projection_dim=16", "--config.xla_cpu_flags=none"]
+
+
+def _bench(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = subprocess.run([sys.executable, "-m", "ssl_jax.bench", *args], cwd=helpers.REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])
+
+
+def test_step_benchmark_prints_one_json_line():
+    record = _bench("--config=configs/simclr_cifar.py", "--steps=2", "--warmup=1", *TINY)
+    assert record["method"] == "simclr" and record["model"] == "resnet18" and record["width"] == 4
+    assert record["batch_size"] == 16 and record["devices"] == 2 and record["dtype"] == "float32"
+    for key in ("compile_s", "step_time_ms", "images_per_sec", "tflops_per_sec", "gflops_per_step"):
+        assert record[key] > 0, key
+    assert record["images_per_sec"] == pytest.approx(16 / (record["step_time_ms"] / 1000), rel=0.01)
+    assert record["mfu"] is None  # no known peak for a CPU
+    assert "peak_memory_bytes" in record
+
+
+@pytest.mark.parametrize("part", ["augment", "input"])
+def test_augment_and_input_parts(part):
+    record = _bench("--config=configs/byol_cifar.py", f"--part={part}", "--steps=2", "--warmup=1", *TINY,
+                    "--config.model.predictor_hidden=(32,)", "--config.model.predictor_dim=16")
+    assert record["part"] == part and record["images_per_sec"] > 0 and record["step_time_ms"] > 0
+
+
+def test_peak_flops_lookup():
+    class Device:
+        device_kind = "NVIDIA H100 80GB HBM3"
+    assert bench.peak_flops(Device()) == 989e12
+    Device.device_kind = "cpu"
+    assert bench.peak_flops(Device()) is None
+
+
+def test_bad_batch_fails_cleanly():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = subprocess.run([sys.executable, "-m", "ssl_jax.bench", "--config=configs/simclr_cifar.py",
+                             "--config.batch_size=10", "--config.xla_cpu_flags=none"], cwd=helpers.REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "cannot be split evenly over 4 device" in result.stderr

@@ -1,0 +1,77 @@
+"""The method registry, and every method's :smoke config from the command line."""
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import helpers
+from ssl_jax import losses
+from ssl_jax import methods
+
+CONFIG_OF_METHOD = {"simclr": "simclr_cifar", "byol": "byol_cifar", "vicreg": "vicreg_cifar", "tico": "tico_cifar",
+                    "vicreg_tico": "vicreg_tico_cifar", "barlow_twins": "barlow_cifar", "simsiam": "simsiam_cifar",
+                    "moco_v3": "mocov3_cifar"}
+LOSS_OF_METHOD = {"simclr": losses.nt_xent, "byol": losses.byol_loss, "vicreg": losses.vicreg_loss,
+                  "tico": losses.tico_loss, "vicreg_tico": losses.vicreg_tico_loss,
+                  "barlow_twins": losses.barlow_twins_loss, "simsiam": losses.simsiam_loss,
+                  "moco_v3": losses.moco_v3_loss}
+
+
+def test_every_registered_method_has_a_config():
+    assert set(methods.METHODS) == set(CONFIG_OF_METHOD)
+
+
+@pytest.mark.parametrize("method", sorted(CONFIG_OF_METHOD))
+def test_config_matches_the_registry(method):
+    """The config names the method, gives a predictor when the method needs one, and its loss keys are exactly
+    keyword arguments of the method's loss."""
+    for arg in (None, "smoke"):
+        config = helpers.load_config(CONFIG_OF_METHOD[method], arg)
+        entry = methods.get_method(config.method)
+        assert config.method == method
+        assert (config.model.predictor_dim > 0) == entry.predictor
+        accepted = set(inspect.signature(LOSS_OF_METHOD[method]).parameters)
+        assert set(config.loss) <= accepted - {"axis_name"}
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(ValueError, match="config.method='dino'"):
+        methods.get_method("dino")
+
+
+def test_tico_state_starts_at_zero():
+    state = methods.get_method("tico").init_loss_state(6)
+    assert state["cov"].shape == (6, 6) and float(abs(state["cov"]).sum()) == 0.0
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    dataset = helpers.synthetic_dataset(num_train=32, num_test=10)
+    for name, split in (("train", dataset.train), ("test", dataset.test)):
+        for i, (image, label) in enumerate(zip(split.images, split.labels)):
+            folder = root / name / f"c{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("method", sorted(CONFIG_OF_METHOD))
+def test_smoke_config_runs_from_the_command_line(method, image_folder, tmp_path):
+    """`python -m ssl_jax.main --config=configs/X.py:smoke`, shrunk to 2 steps of a width-4 network."""
+    workdir = tmp_path / "w"
+    args = [sys.executable, "-m", "ssl_jax.main", f"--config=configs/{CONFIG_OF_METHOD[method]}.py:smoke",
+            f"--workdir={workdir}", f"--config.data.path={image_folder}", f"--config.data.cache_dir={tmp_path}",
+            "--config.batch_size=16", "--config.num_train_steps=2", "--config.model.width=4",
+            "--config.eval.knn_k=5", "--config.eval.linear_epochs=2", "--config.xla_cpu_flags=none"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    result = subprocess.run(args, cwd=helpers.REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "eval.json").read_text())
+    assert results["method"] == method and results["step"] == 2
+    assert 0.0 <= results["knn_top1"] <= 1.0 and 0.0 <= results["linear_top1"] <= results["linear_top5"] <= 1.0

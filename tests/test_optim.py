@@ -1,0 +1,75 @@
+"""Optimizers: LARS masks leave out biases and BatchNorm parameters; learning-rate scaling and schedule."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax import config_lib
+from ssl_jax import optim
+
+
+def _params():
+    return {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "bn": {"scale": jnp.ones(4), "bias": jnp.ones(4)},
+            "dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
+
+
+def _opt_config(**overrides):
+    config = config_lib.base_config().optimizer
+    config.update(overrides)
+    return config
+
+
+def test_decay_mask_excludes_biases_and_batchnorm():
+    mask = optim.decay_mask(_params())
+    assert mask == {"conv": {"kernel": True}, "bn": {"scale": False, "bias": False},
+                    "dense": {"kernel": True, "bias": False}}
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd", "adamw"])
+def test_weight_decay_reaches_only_masked_parameters(name):
+    """With zero gradients, only weight decay moves parameters: kernels move, 1-d parameters stay put."""
+    config = _opt_config(name=name, warmup_epochs=0.0, weight_decay=0.1, base_lr=1.0)
+    tx, _ = optim.make_optimizer(config, batch_size=256, steps_per_epoch=10, total_steps=100)
+    params = _params()
+    grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(jnp.abs(updates["conv"]["kernel"]).max()) > 0
+    assert float(jnp.abs(updates["dense"]["kernel"]).max()) > 0
+    for leaf in (updates["bn"]["scale"], updates["bn"]["bias"], updates["dense"]["bias"]):
+        assert float(jnp.abs(leaf).max()) == 0.0
+
+
+def test_lars_trust_ratio_scales_kernels_not_biases():
+    """LARS against a NumPy reference: kernel update = lr * eta * ||w|| / ||g + wd w|| * (g + wd w); a bias
+    (masked out of both adaptation and decay) gets lr * g."""
+    config = _opt_config(name="lars", warmup_epochs=0.0, weight_decay=0.01, base_lr=0.5, momentum=0.0,
+                         trust_coefficient=0.001)
+    tx, schedule = optim.make_optimizer(config, batch_size=256, steps_per_epoch=10, total_steps=100)
+    rng = np.random.default_rng(0)
+    params = {"k": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
+    grads = {"k": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    lr = float(schedule(0))
+    w, g = np.asarray(params["k"], np.float64), np.asarray(grads["k"], np.float64)
+    g_wd = g + 0.01 * w
+    expected_k = -lr * 0.001 * np.linalg.norm(w) / np.linalg.norm(g_wd) * g_wd
+    np.testing.assert_allclose(updates["k"], expected_k, rtol=1e-4)
+    np.testing.assert_allclose(updates["b"], -lr * np.asarray(grads["b"]), rtol=1e-5)
+
+
+def test_learning_rate_scaling_and_schedule():
+    assert optim.scaled_learning_rate(1.0, 512) == 2.0
+    assert optim.scaled_learning_rate(0.3, 512, "none") == 0.3
+    schedule = optim.learning_rate_schedule(2.0, warmup_steps=10, total_steps=110)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(1.0)
+    assert float(schedule(10)) == pytest.approx(2.0)
+    assert float(schedule(60)) == pytest.approx(1.0, rel=1e-3)  # half-way through the cosine
+    assert float(schedule(110)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unknown_optimizer_and_scaling_are_rejected():
+    with pytest.raises(ValueError, match="config.optimizer.name='adam'"):
+        optim.make_optimizer(_opt_config(name="adam"), 256, 10, 100)
+    with pytest.raises(ValueError, match="lr_scaling='sqrt'"):
+        optim.scaled_learning_rate(1.0, 256, "sqrt")
