@@ -15,18 +15,9 @@ import ml_collections
 from ssl_jax import config_lib
 
 
-
 def get_config(arg=None):
-    config = config_lib.base_config()
+    config = config_lib.vicreg_cifar_recipe(config_lib.base_config())  # solo-learn vicreg.yaml
     config.method = "vicreg"
-    config.batch_size = 256                      # solo-learn vicreg.yaml
-    config.num_epochs = 1000                     # solo-learn vicreg.yaml
-
-    config.augment.view1 = config_lib.byol_view_config(solarize_prob=0.1, crop_scale=(0.2, 1.0))  # solo-learn vicreg.yaml (symmetric)
-    config.augment.view2 = config_lib.byol_view_config(solarize_prob=0.1, crop_scale=(0.2, 1.0))
-
-    config.model.projector_hidden = (2048, 2048)  # solo-learn vicreg.yaml proj_hidden_dim, 3-layer projector
-    config.model.projection_dim = 2048           # solo-learn vicreg.yaml proj_output_dim
 
     config.loss = ml_collections.ConfigDict(dict(
         sim_coeff=25.0,                          # VICReg paper lambda; solo-learn sim_loss_weight
@@ -35,8 +26,4 @@ def get_config(arg=None):
         eps=1e-4,                                # VICReg paper: std = sqrt(Var + 1e-4)
     ))
 
-    config.optimizer.name = "lars"               # solo-learn vicreg.yaml
-    config.optimizer.base_lr = 0.3               # solo-learn vicreg.yaml lr 0.3 per 256 images
-    config.optimizer.weight_decay = 1e-4         # solo-learn vicreg.yaml
-    config.optimizer.trust_coefficient = 0.02    # solo-learn vicreg.yaml eta
     return config_lib.finalize(config, arg)

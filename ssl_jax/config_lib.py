@@ -38,6 +38,23 @@ def byol_view_config(blur_prob=0.0, solarize_prob=0.0, crop_scale=(0.08, 1.0)):
     return view
 
 
+def vicreg_cifar_recipe(config):
+    """solo-learn's VICReg CIFAR recipe (`scripts/pretrain/cifar/vicreg.yaml`), shared by VICReg and the
+    VICReg+TiCo hybrid: batch 256, 1000 epochs, LARS lr 0.3 per 256 images, weight decay 1e-4, eta 0.02,
+    projector 2048-2048 -> 2048, symmetric views with crop scale (0.2, 1) and solarize 0.1."""
+    config.batch_size = 256
+    config.num_epochs = 1000
+    config.augment.view1 = byol_view_config(solarize_prob=0.1, crop_scale=(0.2, 1.0))
+    config.augment.view2 = byol_view_config(solarize_prob=0.1, crop_scale=(0.2, 1.0))
+    config.model.projector_hidden = (2048, 2048)
+    config.model.projection_dim = 2048
+    config.optimizer.name = "lars"
+    config.optimizer.base_lr = 0.3
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.trust_coefficient = 0.02
+    return config
+
+
 def base_config():
     """SimCLR on CIFAR-10 with ResNet-18 (CIFAR stem); the defaults every method config starts from."""
     config = ml_collections.ConfigDict()
