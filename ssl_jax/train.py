@@ -108,8 +108,12 @@ def host_batches(exp, start_step, end_step=None):
 
 
 def local_copy(tree):
-    """One host copy of replicated device arrays (works for multi-host replicated arrays too)."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+    """One host copy of replicated device arrays (works for multi-host replicated arrays too).
+
+    A real copy: on the CPU backend `np.asarray` can alias the device buffer, which the next step's donation
+    then overwrites."""
+    return jax.tree.map(lambda x: np.array(x.addressable_data(0), copy=True) if isinstance(x, jax.Array) else x,
+                        tree)
 
 
 def make_encode_fn(net, params, batch_stats):
