@@ -14,12 +14,11 @@ import time
 import numpy as np
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from ssl_jax import runtime
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, as for ssl_jax.main.", lock_config=True)
+runtime.define_config_flag("Config file, as for ssl_jax.main.")
 flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_enum("part", "step", ["step", "augment", "input"], "What to time.")

@@ -8,13 +8,11 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from ssl_jax import runtime
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/simclr_cifar.py or configs/simclr_cifar.py:smoke.",
-                                lock_config=True)
+runtime.define_config_flag("Config file, e.g. configs/simclr_cifar.py or configs/simclr_cifar.py:smoke.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, the exported encoder and eval.json.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host: TPU pods, SLURM, or the "
                   "coordinator flags below).")

@@ -22,6 +22,16 @@ def configure_xla_cpu(setting="auto"):
         os.environ["XLA_FLAGS"] = " ".join([current] + extra).strip()
 
 
+def define_config_flag(help_text):
+    """Defines `--config` (an ml_collections config file, locked) unless this process has it already:
+    `ssl_jax.main` and `ssl_jax.bench` both take it, and one process (a test run) may import both."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    if "config" not in flags.FLAGS:
+        config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
+
+
 def _only_accelerators():
     platforms = os.environ.get("JAX_PLATFORMS", "")
     return bool(platforms) and "cpu" not in platforms.split(",")

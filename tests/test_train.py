@@ -39,17 +39,33 @@ def _assert_results(results, workdir):
     assert written["linear_top5"] >= written["linear_top1"]
 
 
+def _assert_trained_checkpoint(config, workdir):
+    """The final checkpoint is at the last step and its networks moved away from the initial ones.
+
+    Whether training lowers the loss is checked per method in test_sharding (24 steps on one device): in these
+    end-to-end runs on 64 images the loss changes less in 24 steps than it varies from batch to batch.
+    """
+    exp = train.build_experiment(config)
+    initial = train.local_copy(train.initial_state(exp))
+    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every_steps)
+    final, final_step = train.restore_or_init(exp, checkpointer)
+    checkpointer.close()
+    final = train.local_copy(exp.dp.get_state(final))
+    assert final_step == config.num_train_steps == int(final.step)
+    for before, after in zip(jax.tree.leaves(initial.params), jax.tree.leaves(final.params)):
+        assert np.isfinite(after).all() and not np.array_equal(before, after)
+
+
 def test_simclr_trains_on_an_image_folder(tmp_path):
     """Loads a folder the test writes, trains, evaluates, writes eval.json, the plot and the encoder."""
     folder = _write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=64, num_test=20))
-    config = helpers.tiny_config(steps=12, **{"data.path": str(folder), "data.cache_dir": str(tmp_path / "cache"),
-                                              "optimizer.base_lr": 2.0})
+    config = helpers.tiny_config(steps=12, **{"data.path": str(folder), "data.cache_dir": str(tmp_path / "cache")})
     workdir = str(tmp_path / "work")
     results = train.train_and_evaluate(config, workdir)
     losses = _losses(workdir)
     assert len(losses) == 6 and np.isfinite(losses).all()
-    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
     _assert_results(results, workdir)
+    _assert_trained_checkpoint(config, workdir)
     assert os.path.exists(os.path.join(workdir, "loss.png"))
     encode, variables = checkpoint.load_encoder(os.path.join(workdir, "encoder"))
     features = encode(variables, np.zeros((2, 32, 32, 3), np.float32))
@@ -58,13 +74,12 @@ def test_simclr_trains_on_an_image_folder(tmp_path):
 
 def test_simclr_trains_on_mock_tfds(tmp_path):
     with tfds.testing.mock_data(num_examples=64):
-        config = helpers.tiny_config(steps=12, **{"data.download": False, "data.cache_dir": str(tmp_path / "c"),
-                                                  "optimizer.base_lr": 2.0})
+        config = helpers.tiny_config(steps=12, **{"data.download": False, "data.cache_dir": str(tmp_path / "c")})
         workdir = str(tmp_path / "work")
         results = train.train_and_evaluate(config, workdir)
-    losses = _losses(workdir)
-    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
-    _assert_results(results, workdir)
+        assert np.isfinite(_losses(workdir)).all()
+        _assert_results(results, workdir)
+        _assert_trained_checkpoint(config, workdir)
 
 
 @pytest.mark.parametrize("config_name", ["simclr_cifar", "tico_cifar"])
@@ -133,8 +148,10 @@ def test_command_line_end_to_end(tmp_path):
     assert again.returncode == 0 and "Resuming from the checkpoint at step 4" in again.stdout
 
 
-def test_command_line_on_mock_data_in_process(tmp_path):
-    """The absl entry point itself, under tfds.testing.mock_data (which only patches this process)."""
+def test_command_line_on_mock_data_in_process(tmp_path, monkeypatch):
+    """The absl entry point itself, under tfds.testing.mock_data (which only patches this process).
+
+    ml_collections reads `--config.x=...` overrides from sys.argv, hence the patched sys.argv."""
     from absl import flags
     from ssl_jax import main
 
@@ -143,8 +160,8 @@ def test_command_line_on_mock_data_in_process(tmp_path):
             "--config.num_train_steps=2", "--config.model.width=4", "--config.data.download=False",
             f"--config.data.cache_dir={tmp_path}", "--config.eval.knn_k=5", "--config.eval.linear_epochs=2",
             "--config.xla_cpu_flags=none"]
-    cwd = os.getcwd()
-    os.chdir(helpers.REPO)
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.chdir(helpers.REPO)
     try:
         flags.FLAGS.unparse_flags()
         flags.FLAGS(argv)
@@ -152,7 +169,6 @@ def test_command_line_on_mock_data_in_process(tmp_path):
             main.main(argv[:1])
     finally:
         flags.FLAGS.unparse_flags()
-        os.chdir(cwd)
     assert json.loads((workdir / "eval.json").read_text())["step"] == 2
 
 
