@@ -38,10 +38,46 @@ def _batch_norm(train: bool, dtype: Any, axis_name: str | None, **kw) -> Callabl
                         dtype=dtype, param_dtype=jnp.float32, axis_name=axis_name, **kw)
 
 
-def _conv(dtype: Any) -> Callable:
-    """Bias-free conv with He (fan_out) init and float32 params."""
-    return functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
-                             dtype=dtype, param_dtype=jnp.float32)
+CONV_IMPLS = ("xla", "im2col", "im2col_strided")
+
+
+def _conv(dtype: Any, conv_impl: str = "xla") -> Callable:
+    """Bias-free conv with He (fan_out) init and float32 params, computed as `conv_impl` says:
+    'xla' (lax.conv), 'im2col' (every conv as a matmul) or 'im2col_strided' (strided convs only)."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"config.model.conv_impl={conv_impl!r} is not one of {CONV_IMPLS} (or 'auto').")
+
+    def make(features, kernel_size, strides=(1, 1), **kwargs):
+        im2col = conv_impl == "im2col" or (conv_impl == "im2col_strided" and max(strides) > 1)
+        return nn.Conv(features, kernel_size, strides, use_bias=False, kernel_init=conv_init, dtype=dtype,
+                       param_dtype=jnp.float32, conv_general_dilated=im2col_conv if im2col else None, **kwargs)
+
+    return make
+
+
+def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, precision=None, preferred_element_type=None):
+    """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels as one matmul over the stacked windows.
+
+    The same numbers (up to summation order) and parameters as lax.conv. XLA's CPU backend runs strided convs
+    and their gradients several times slower than this form (docs/benchmarks.md); other cases fall back to lax.
+    """
+    dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    if dilated or feature_group_count != 1 or lhs.ndim != 4:
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision,
+                                            preferred_element_type=preferred_element_type)
+    kh, kw, cin, cout = rhs.shape
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
+    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    (sh, sw), (_, height, width, _) = window_strides, x.shape
+    out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+    windows = [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :]
+               for i in range(kh) for j in range(kw)]
+    patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
+    return jnp.matmul(patches, rhs.reshape(kh * kw * cin, cout), precision=precision,
+                      preferred_element_type=preferred_element_type)
 
 
 class _Block(nn.Module):
@@ -52,10 +88,11 @@ class _Block(nn.Module):
     dtype: Any
     bn_axis_name: str | None
     zero_init_residual: bool
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv, s = _conv(self.dtype), (self.strides, self.strides)
+        conv, s = _conv(self.dtype, self.conv_impl), (self.strides, self.strides)
         norm = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         if self.kind == "basic":
@@ -82,6 +119,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     zero_init_residual: bool = False
+    conv_impl: str = "xla"  # see _conv
 
     @nn.compact
     def __call__(self, x, train: bool) -> jnp.ndarray:
@@ -92,13 +130,13 @@ class ResNet(nn.Module):
             for j in range(n_blocks):
                 strides = 2 if i > 0 and j == 0 else 1
                 x = _Block(self.width * 2 ** i, strides, self.block, self.dtype,
-                           self.bn_axis_name, self.zero_init_residual,
+                           self.bn_axis_name, self.zero_init_residual, self.conv_impl,
                            name=f"stage{i + 1}_block{j + 1}")(x, train)
         return jnp.mean(x, axis=(1, 2))
 
     def _stem(self, x, train: bool):
         """Input stem: CIFAR (3x3 conv) or ImageNet (7x7/2 conv + 3x3/2 max-pool)."""
-        conv = _conv(self.dtype)
+        conv = _conv(self.dtype, self.conv_impl)
         if self.stem == "cifar":
             x = conv(self.width, (3, 3), padding=1, name="stem_conv")(x)
         elif self.stem == "imagenet":
@@ -152,6 +190,7 @@ class SSLNet(nn.Module):
     predictor_dim: int = 0
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    conv_impl: str = "xla"
 
     @property
     def has_predictor(self) -> bool:
@@ -161,7 +200,7 @@ class SSLNet(nn.Module):
     def __call__(self, x, train: bool, use_predictor: bool = True) -> dict:
         head = functools.partial(MLPHead, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
         feats = ResNet(*_arch(self.backbone), width=self.width, stem=self.stem,
-                       dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                       dtype=self.dtype, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl,
                        name="backbone")(x, train).astype(jnp.float32)
         proj = head(tuple(self.projector_hidden), self.projection_dim, name="projector")(
             feats, train)
@@ -187,7 +226,7 @@ def _arch(name: str) -> tuple[tuple[int, ...], str]:
 
 
 def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
-                 bn_axis_name: str | None = None) -> SSLNet:
+                 bn_axis_name: str | None = None, conv_impl: str | None = None) -> SSLNet:
     """SSLNet from a ConfigDict / mapping (name, width, stem, projector_hidden, projection_dim,
     predictor_hidden, predictor_dim); missing keys take SSLNet's defaults."""
     d = SSLNet.__dataclass_fields__
@@ -202,6 +241,7 @@ def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
         predictor_dim=int(get("predictor_dim", "predictor_dim")),
         dtype=parse_dtype(dtype) if isinstance(dtype, str) else dtype,
         bn_axis_name=bn_axis_name,
+        conv_impl=conv_impl or get("conv_impl", "conv_impl"),
     )
 
 

@@ -39,6 +39,17 @@ def compute_dtype(name):
     return models.parse_dtype(name)
 
 
+# How convs are computed on XLA's CPU backend when config.model.conv_impl='auto' (docs/benchmarks.md).
+CPU_CONV_IMPL = "im2col_strided"
+
+
+def conv_impl(name):
+    """'auto' is XLA's native conv on GPU/TPU and CPU_CONV_IMPL on CPU."""
+    if name == "auto":
+        return CPU_CONV_IMPL if jax.default_backend() == "cpu" else "xla"
+    return name
+
+
 @dataclasses.dataclass
 class Experiment:
     """Everything built from the config before the first step: pure functions and static settings."""
@@ -73,7 +84,8 @@ def build_experiment(config, dataset=None):
                                     tfds_data_dir=config.data.tfds_data_dir or None, download=config.data.download)
     steps_per_epoch = data.steps_per_epoch(len(dataset.train.labels), config.batch_size)
     total_steps = train_step.steps_for(config.num_epochs, config.num_train_steps, steps_per_epoch)
-    net = models.make_ssl_net(config.model, compute_dtype(config.model.dtype), bn_axis_name=sharding.AXIS)
+    net = models.make_ssl_net(config.model, compute_dtype(config.model.dtype), bn_axis_name=sharding.AXIS,
+                              conv_impl=conv_impl(config.model.conv_impl))
     tx, schedule = optim.make_optimizer(config.optimizer, config.batch_size, steps_per_epoch, total_steps)
     return Experiment(config=config, dataset=dataset, dp=dp, net=net, method=method, tx=tx, schedule=schedule,
                       probe=train_step.LinearProbe(dataset.num_classes),

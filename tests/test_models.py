@@ -204,3 +204,49 @@ def test_parse_dtype_unknown():
 def test_count_params_and_stage_sizes():
     assert count_params({"a": jnp.zeros((3, 4)), "b": [jnp.zeros(5)]}) == 17
     assert models.STAGE_SIZES["resnet50"] == (3, 4, 6, 3)
+
+
+def _numpy_conv(x, w, stride, pad):
+    """Direct NHWC/HWIO convolution in float64 NumPy: an independent reference."""
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    kh, kw, _, cout = w.shape
+    out_h, out_w = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], out_h, out_w, cout))
+    for i in range(kh):
+        for j in range(kw):
+            window = x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]
+            out += window @ np.asarray(w[i, j], np.float64)
+    return out
+
+
+@pytest.mark.parametrize("kernel, stride, pad", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (7, 2, 3)])
+def test_im2col_conv_matches_numpy_and_lax_with_gradients(kernel, stride, pad):
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x = jnp.asarray(rng.normal(size=(2, 9, 10, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 6)), jnp.float32)
+    args = ((stride, stride), [(pad, pad)] * 2)
+    dn = ("NHWC", "HWIO", "NHWC")
+    ours = models.im2col_conv(x, w, *args, dimension_numbers=dn)
+    np.testing.assert_allclose(ours, _numpy_conv(x, w, stride, pad), rtol=1e-5, atol=1e-4)
+    cotangent = jnp.asarray(rng.normal(size=ours.shape), jnp.float32)
+    grad = lambda conv: jax.grad(lambda x, w: jnp.sum(conv(x, w, *args, dimension_numbers=dn) * cotangent),  # noqa: E731
+                                 argnums=(0, 1))(x, w)
+    for g_ours, g_lax in zip(grad(models.im2col_conv), grad(jax.lax.conv_general_dilated)):
+        np.testing.assert_allclose(g_ours, g_lax, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("conv_impl", ["im2col", "im2col_strided"])
+def test_conv_impls_give_the_same_network(conv_impl):
+    """Same parameters (so checkpoints move between them) and the same outputs as lax.conv."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 3)), jnp.float32)
+    reference = make_backbone("resnet18", width=4)
+    variables = _init(reference, (4, 16, 16, 3))
+    other = make_backbone("resnet18", width=4, conv_impl=conv_impl)
+    assert jax.tree.structure(_init(other, (4, 16, 16, 3))) == jax.tree.structure(variables)
+    np.testing.assert_allclose(other.apply(variables, x, train=False), reference.apply(variables, x, train=False),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_conv_impl_is_rejected():
+    with pytest.raises(ValueError, match="conv_impl='winograd'"):
+        _init(make_backbone("resnet18", width=4, conv_impl="winograd"), (1, 8, 8, 3))
