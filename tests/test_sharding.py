@@ -10,7 +10,6 @@ from ssl_jax import train
 METHOD_CONFIGS = ["simclr_cifar", "byol_cifar", "vicreg_cifar", "tico_cifar", "vicreg_tico_cifar", "barlow_cifar",
                   "simsiam_cifar", "mocov3_cifar"]
 
-
 STATE_SLOTS = ("params", "batch_stats", "opt_state", "target_params", "target_batch_stats", "loss_state",
                "probe_params")
 
