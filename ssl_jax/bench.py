@@ -172,7 +172,9 @@ def main(argv):
     config = FLAGS.config
     runtime.configure_xla_cpu(config.xla_cpu_flags)
     try:
+        allocator_tuned = runtime.configure_cpu_allocator(config.cpu_allocator)
         record = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.part, FLAGS.num_images)
+        record["cpu_allocator"] = "tuned" if allocator_tuned else "default"
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -119,7 +119,9 @@ def base_config():
         max_train_examples=0,        # 0: the whole train split for kNN/linear eval
         batch_size=1000,             # feature-extraction batch
     ))
-    config.xla_cpu_flags = "auto"    # 'auto': the XLA CPU options measured to help (docs/benchmarks.md); '' none
+    config.xla_cpu_flags = "auto"    # 'auto': the measured XLA CPU options (runtime.py, docs/benchmarks.md); '' none
+    config.cpu_allocator = "auto"    # 'auto': keep freed memory in-process on the CPU backend (glibc; measured in
+                                     # docs/benchmarks.md); 'default': leave malloc alone
     return config
 
 

@@ -35,6 +35,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO (and raises the level on import)
 
     try:
+        runtime.configure_cpu_allocator(config.cpu_allocator)
         train.train_and_evaluate(config, FLAGS.workdir)
     except (ValueError, train.data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -32,6 +32,7 @@ def test_step_benchmark_prints_one_json_line():
     assert record["images_per_sec"] == pytest.approx(16 / (record["step_time_ms"] / 1000), rel=0.01)
     assert record["mfu"] is None  # no known peak for a CPU
     assert "peak_memory_bytes" in record
+    assert record["cpu_allocator"] in ("tuned", "default")
 
 
 @pytest.mark.parametrize("part", ["augment", "input"])

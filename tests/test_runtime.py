@@ -1,0 +1,119 @@
+"""Process setup: the XLA CPU options 'auto' adds, that they leave the numbers alone, and the CPU allocator."""
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import helpers
+from ssl_jax import runtime
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    return monkeypatch
+
+
+def test_auto_adds_the_measured_flags(clean_env):
+    runtime.configure_xla_cpu("auto")
+    assert os.environ["XLA_FLAGS"].split() == list(runtime.auto_cpu_flags())
+
+
+def test_flags_the_user_set_win(clean_env):
+    clean_env.setenv("XLA_FLAGS", "--xla_cpu_use_xnnpack=false --xla_cpu_experimental_ynn_fusion_type=")
+    runtime.configure_xla_cpu("auto")
+    flags = os.environ["XLA_FLAGS"].split()
+    assert "--xla_cpu_use_xnnpack=false" in flags and "--xla_cpu_use_xnnpack=true" not in flags
+    assert "--xla_cpu_experimental_ynn_fusion_type=" in flags
+    assert len([f for f in flags if f.startswith("--xla_cpu_experimental_ynn_fusion_type")]) == 1
+
+
+@pytest.mark.parametrize("setting", ["none", ""])
+def test_none_adds_nothing(clean_env, setting):
+    runtime.configure_xla_cpu(setting)
+    assert os.environ.get("XLA_FLAGS", "") == ""
+
+
+def test_accelerator_only_processes_get_no_cpu_flags(clean_env):
+    clean_env.setenv("JAX_PLATFORMS", "cuda")
+    runtime.configure_xla_cpu("auto")
+    assert os.environ.get("XLA_FLAGS", "") == ""
+
+
+@pytest.mark.parametrize("version, with_ynn", [("0.10.2", True), ("0.10.0", True), ("0.9.2", False),
+                                               ("0.11.0", False), ("not-a-version", False), (None, True)])
+def test_ynn_flags_only_for_the_measured_jaxlib(version, with_ynn, monkeypatch):
+    if version is None:  # the installed jaxlib: this test's expectation follows it
+        version = runtime._installed_version("jaxlib")
+        first, last = runtime.YNN_MEASURED_JAXLIB
+        with_ynn = first <= tuple(int(p) for p in version.split(".")[:2]) < last
+    flags = runtime.auto_cpu_flags(version)
+    assert flags[:len(runtime.CPU_XLA_FLAGS)] == runtime.CPU_XLA_FLAGS
+    assert (runtime.YNN_XLA_FLAGS[0] in flags) == with_ynn
+
+
+def test_cpu_allocator_settings():
+    assert runtime.configure_cpu_allocator("default") is False
+    with pytest.raises(ValueError, match="'mmap'.*'auto'"):
+        runtime.configure_cpu_allocator("mmap")
+    glibc = sys.platform.startswith("linux") and ctypes.util.find_library("c") is not None
+    assert runtime.configure_cpu_allocator("auto") is glibc  # the test process runs on the CPU backend
+
+
+_GRADIENTS = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from ssl_jax import losses, models
+dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+net = models.make_ssl_net(dict(name="resnet18", width=24, projector_hidden=(64,), projection_dim=32), dtype=dtype)
+rng = np.random.default_rng(0)
+views = [jnp.asarray(rng.uniform(size=(32, 32, 32, 3)), dtype) for _ in range(2)]
+variables = net.init(jax.random.key(0), views[0][:2], train=True)
+
+def loss_fn(params, stats):
+    outs = []
+    for v in views:
+        out, upd = net.apply({"params": params, "batch_stats": stats}, v, train=True, mutable=["batch_stats"])
+        outs.append(out["projection"]); stats = upd["batch_stats"]
+    return losses.nt_xent(outs[0], outs[1], temperature=0.2)[0]
+
+loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"], variables["batch_stats"])
+leaves = jax.tree_util.tree_leaves_with_path(grads)
+np.savez(sys.argv[1], loss=np.asarray(loss), **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
+print(json.dumps({"xla_flags": __import__("os").environ.get("XLA_FLAGS", "")}))
+"""
+
+
+def _gradients(tmp_path, name, xla_flags, float64=False):
+    out = tmp_path / f"{name}.npz"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags, JAX_ENABLE_X64=str(int(float64)))
+    result = subprocess.run([sys.executable, "-c", _GRADIENTS, str(out)], cwd=helpers.REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1])["xla_flags"] == xla_flags
+    return dict(np.load(out))
+
+
+def test_auto_flags_leave_the_gradients_alone(tmp_path):
+    """The 'auto' flags move work between XLA's own kernels and the YNNPACK/XNNPACK libraries. The loss and
+    every gradient of a SimCLR step (two views, BatchNorm, a width-24 ResNet-18) must be as close to a float64
+    run as XLA's defaults are: float32 reassociation is allowed, a wrong kernel is not.
+
+    Some gradients are sums that cancel (a BatchNorm bias before the next BatchNorm is one), so both float32
+    runs may differ from float64 by a percent of their largest entry; each is measured against that."""
+    plain = _gradients(tmp_path, "plain", "")
+    tuned = _gradients(tmp_path, "tuned", " ".join(runtime.auto_cpu_flags()))
+    exact = _gradients(tmp_path, "float64", "", float64=True)
+    assert plain.keys() == tuned.keys() == exact.keys() and len(plain) > 60
+    np.testing.assert_allclose(tuned["loss"], exact["loss"], rtol=1e-5)
+    np.testing.assert_allclose(plain["loss"], exact["loss"], rtol=1e-5)
+    for key in exact:
+        scale = np.max(np.abs(exact[key])) + 1e-12
+        plain_error = np.max(np.abs(plain[key] - exact[key])) / scale
+        tuned_error = np.max(np.abs(tuned[key] - exact[key])) / scale
+        assert tuned_error <= max(4 * plain_error, 1e-4), (key, tuned_error, plain_error)
