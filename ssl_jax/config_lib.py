@@ -86,7 +86,7 @@ def base_config():
         predictor_hidden=(),
         predictor_dim=0,             # 0: no predictor
         dtype="auto",                # 'auto': bfloat16 on GPU/TPU, float32 on CPU; params always float32
-        conv_impl="auto",            # 'auto' (= 'xla'), 'xla', 'im2col', 'im2col_strided' (CPU +7%, docs/benchmarks.md)
+        conv_impl="auto",            # 'auto' (= 'xla'), 'xla', 'im2col', 'im2col_strided' (docs/benchmarks.md)
     ))
 
     config.loss = ml_collections.ConfigDict(dict(temperature=0.5))  # SimCLR CIFAR-10: tau = 0.5

@@ -40,8 +40,8 @@ def compute_dtype(name):
 
 
 def conv_impl(name):
-    """'auto' is XLA's native conv on every backend for now. On CPU 'im2col_strided' measured +7%
-    (docs/benchmarks.md) but is opt-in until the test suite has passed with it as the default."""
+    """'auto' is XLA's native conv on every backend. On CPU 'im2col_strided' measured +7% with the old XLA
+    flags and no gain with today's 'auto' flags (docs/benchmarks.md), so it stays opt-in."""
     return "xla" if name == "auto" else name
 
 

@@ -5,7 +5,7 @@ Usage: XLA_FLAGS="..." [MALLOPT=1] python docs/cpu_probes/convbench.py [BATCH]  
 import ctypes, os
 if os.environ.get("MALLOPT"):
     libc = ctypes.CDLL("libc.so.6"); libc.mallopt(-4, 0); libc.mallopt(-1, 2**31 - 1)
-import os, sys, time, json
+import sys, time, json
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_use_xnnpack=true")
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
