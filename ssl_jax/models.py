@@ -4,6 +4,8 @@ Modelled on flax ``examples/imagenet/models.py`` and torchvision's ResNet v1.5: 
 conv init, no conv bias, projection shortcuts where the shape changes, bottleneck stride on the
 3x3 conv. Parameters are always float32; ``dtype`` sets the compute dtype. ``bn_axis_name``
 turns every BatchNorm into a cross-replica (synchronised) BatchNorm over that mapped axis.
+``num_views`` (a call argument) says the batch holds that many views stacked along axis 0; each
+BatchNorm then keeps per-view statistics (see `BatchNorm`), everything else is per example.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 __all__ = [
     "STAGE_SIZES", "ResNet", "MLPHead", "SSLNet", "make_backbone", "make_ssl_net",
@@ -32,10 +35,71 @@ _BLOCK_KIND = {"resnet18": "basic", "resnet34": "basic"}  # the rest are bottlen
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _batch_norm(train: bool, dtype: Any, axis_name: str | None, **kw) -> Callable:
+class BatchNorm(nn.Module):
+    """BatchNorm over a batch that holds `num_views` views stacked along axis 0 ([V*B, ..., C]).
+
+    Each view is normalised with its own statistics and the running averages take the views in order, as V
+    separate calls of flax's `nn.BatchNorm` would (r <- m r + (1 - m) s_v for v = 1..V), so running both views
+    of a step as one batch keeps per-view BatchNorm (BYOL, VICReg, Barlow Twins) while every convolution runs
+    once over 2B images. Same variables and numerics as `nn.BatchNorm` (E[x^2] - E[x]^2 in float32, pmean
+    over `axis_name`); with `num_views=1` it is `nn.BatchNorm`.
+    """
+    use_running_average: bool
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = None
+    use_bias: bool = True
+    use_scale: bool = True
+    scale_init: Callable = nn.initializers.ones
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, num_views: int = 1):
+        features = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        if x.shape[0] % num_views:
+            raise ValueError(f"a batch of {x.shape[0]} does not split into num_views={num_views} equal views")
+        views = x.reshape((num_views, -1) + x.shape[1:])
+        if self.use_running_average:
+            mean, var = ra_mean.value[None], ra_var.value[None]
+        else:
+            mean, var = self._view_stats(views)
+        shape = (mean.shape[0],) + (1,) * (x.ndim - 1) + (features,)
+        mul = lax.rsqrt(var + self.epsilon)
+        args = [x]
+        if self.use_scale:
+            scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+            mul, args = mul * scale, args + [scale]
+        y = (views - mean.reshape(shape)) * mul.reshape(shape)
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+            y, args = y + bias, args + [bias]
+        dtype = self.dtype or jnp.result_type(*args)
+        return y.reshape(x.shape).astype(dtype)
+
+    def _view_stats(self, views):
+        """Per-view (mean, var), each [V, C]; updates the running averages view after view."""
+        stats_dtype = jnp.promote_types(views.dtype, jnp.float32)
+        flat = views.reshape(views.shape[0], -1, views.shape[-1]).astype(stats_dtype)
+        mean, mean_sq = flat.mean(1), jnp.square(flat).mean(1)
+        if self.axis_name is not None and not self.is_initializing():
+            mean, mean_sq = lax.pmean(jnp.stack([mean, mean_sq]), self.axis_name)
+        var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
+        if not self.is_initializing():
+            ra_mean, ra_var = self.get_variable("batch_stats", "mean"), self.get_variable("batch_stats", "var")
+            for v in range(views.shape[0]):
+                ra_mean = self.momentum * ra_mean + (1 - self.momentum) * mean[v]
+                ra_var = self.momentum * ra_var + (1 - self.momentum) * var[v]
+            self.put_variable("batch_stats", "mean", ra_mean)
+            self.put_variable("batch_stats", "var", ra_var)
+        return mean, var
+
+
+def _batch_norm(train: bool, dtype: Any, axis_name: str | None, **kw) -> BatchNorm:
     """BatchNorm with the library-wide settings (momentum 0.9, eps 1e-5, float32 params)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        dtype=dtype, param_dtype=jnp.float32, axis_name=axis_name, **kw)
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                     axis_name=axis_name, **kw)
 
 
 CONV_IMPLS = ("xla", "im2col", "im2col_strided")
@@ -91,19 +155,19 @@ class _Block(nn.Module):
     conv_impl: str = "xla"
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, num_views: int = 1):
         conv, s = _conv(self.dtype, self.conv_impl), (self.strides, self.strides)
         norm = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         if self.kind == "basic":
-            y = nn.relu(norm()(conv(self.filters, (3, 3), s, padding=1)(x)))
-            y = norm(scale_init=last_scale)(conv(self.filters, (3, 3), padding=1)(y))
+            y = nn.relu(norm()(conv(self.filters, (3, 3), s, padding=1)(x), num_views))
+            y = norm(scale_init=last_scale)(conv(self.filters, (3, 3), padding=1)(y), num_views)
         else:
-            y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
-            y = nn.relu(norm()(conv(self.filters, (3, 3), s, padding=1)(y)))
-            y = norm(scale_init=last_scale)(conv(4 * self.filters, (1, 1))(y))
+            y = nn.relu(norm()(conv(self.filters, (1, 1))(x), num_views))
+            y = nn.relu(norm()(conv(self.filters, (3, 3), s, padding=1)(y), num_views))
+            y = norm(scale_init=last_scale)(conv(4 * self.filters, (1, 1))(y), num_views)
         if x.shape != y.shape:
-            x = norm(name="shortcut_bn")(conv(y.shape[-1], (1, 1), s, name="shortcut_conv")(x))
+            x = norm(name="shortcut_bn")(conv(y.shape[-1], (1, 1), s, name="shortcut_conv")(x), num_views)
         return nn.relu(x + y)
 
 
@@ -122,19 +186,19 @@ class ResNet(nn.Module):
     conv_impl: str = "xla"  # see _conv
 
     @nn.compact
-    def __call__(self, x, train: bool) -> jnp.ndarray:
+    def __call__(self, x, train: bool, num_views: int = 1) -> jnp.ndarray:
         if self.block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
-        x = self._stem(jnp.asarray(x, self.dtype), train)
+        x = self._stem(jnp.asarray(x, self.dtype), train, num_views)
         for i, n_blocks in enumerate(self.stage_sizes):
             for j in range(n_blocks):
                 strides = 2 if i > 0 and j == 0 else 1
                 x = _Block(self.width * 2 ** i, strides, self.block, self.dtype,
                            self.bn_axis_name, self.zero_init_residual, self.conv_impl,
-                           name=f"stage{i + 1}_block{j + 1}")(x, train)
+                           name=f"stage{i + 1}_block{j + 1}")(x, train, num_views)
         return jnp.mean(x, axis=(1, 2))
 
-    def _stem(self, x, train: bool):
+    def _stem(self, x, train: bool, num_views: int):
         """Input stem: CIFAR (3x3 conv) or ImageNet (7x7/2 conv + 3x3/2 max-pool)."""
         conv = _conv(self.dtype, self.conv_impl)
         if self.stem == "cifar":
@@ -143,7 +207,7 @@ class ResNet(nn.Module):
             x = conv(self.width, (7, 7), (2, 2), padding=3, name="stem_conv")(x)
         else:
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
-        x = nn.relu(_batch_norm(train, self.dtype, self.bn_axis_name, name="stem_bn")(x))
+        x = nn.relu(_batch_norm(train, self.dtype, self.bn_axis_name, name="stem_bn")(x, num_views))
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         return x
@@ -162,15 +226,15 @@ class MLPHead(nn.Module):
     bn_axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool) -> jnp.ndarray:
+    def __call__(self, x, train: bool, num_views: int = 1) -> jnp.ndarray:
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
         norm = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
         x = jnp.asarray(x, self.dtype)
         for dim in self.hidden_dims:
-            x = nn.relu(norm()(dense(dim, use_bias=False)(x)))
+            x = nn.relu(norm()(dense(dim, use_bias=False)(x), num_views))
         x = dense(self.output_dim, use_bias=not self.last_bn)(x)
         if self.last_bn:
-            x = norm(use_bias=False, use_scale=False)(x)
+            x = norm(use_bias=False, use_scale=False)(x, num_views)
         return x
 
 
@@ -179,7 +243,8 @@ class SSLNet(nn.Module):
 
     Returns {'features': [B, C], 'projection': [B, P]} and, when the net has a predictor
     (``predictor_dim > 0``) and ``use_predictor``, 'prediction': [B, Q] (predictor applied
-    to the projection, as in BYOL/SimSiam).
+    to the projection, as in BYOL/SimSiam). With ``num_views=V`` the batch is V views stacked
+    along axis 0, each normalised with its own BatchNorm statistics.
     """
     backbone: str = "resnet18"
     width: int = 64
@@ -197,17 +262,17 @@ class SSLNet(nn.Module):
         return self.predictor_dim > 0
 
     @nn.compact
-    def __call__(self, x, train: bool, use_predictor: bool = True) -> dict:
+    def __call__(self, x, train: bool, use_predictor: bool = True, num_views: int = 1) -> dict:
         head = functools.partial(MLPHead, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
         feats = ResNet(*_arch(self.backbone), width=self.width, stem=self.stem,
                        dtype=self.dtype, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl,
-                       name="backbone")(x, train).astype(jnp.float32)
+                       name="backbone")(x, train, num_views).astype(jnp.float32)
         proj = head(tuple(self.projector_hidden), self.projection_dim, name="projector")(
-            feats, train)
+            feats, train, num_views)
         out = {"features": feats, "projection": proj}
         if self.has_predictor and use_predictor:
             out["prediction"] = head(tuple(self.predictor_hidden), self.predictor_dim,
-                                     name="predictor")(proj, train)
+                                     name="predictor")(proj, train, num_views)
         return {k: v.astype(jnp.float32) for k, v in out.items()}
 
 

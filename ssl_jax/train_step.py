@@ -70,20 +70,21 @@ def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape, proje
     )
 
 
-def _forward(net, params, batch_stats, views, use_predictor=True):
-    """Each view through the network in train mode with its own BatchNorm statistics (as BYOL, VICReg and
-    Barlow Twins do), the running averages updated view after view.
+def forward_views(net, params, batch_stats, views, use_predictor=True):
+    """Both views through the network in train mode as one stacked batch, each view with its own BatchNorm
+    statistics (as BYOL, VICReg and Barlow Twins do) and the running averages updated view after view.
 
-    A Python loop, not `lax.scan`: scan would compile the network once instead of twice, but the XLA CPU
-    backend ran the scanned step over 30x slower (docs/benchmarks.md).
+    The same function as one call per view, but every convolution runs once over both views: their weight
+    gradients are one convolution each instead of two that are then added, which the XLA CPU backend ran about
+    a quarter slower (docs/benchmarks.md). A Python loop over views would compile the network twice, and
+    `lax.scan` over them ran over 30x slower on CPU.
     """
-    outputs = []
-    for view in views:
-        out, updates = net.apply({"params": params, "batch_stats": batch_stats}, view, train=True,
-                                 use_predictor=use_predictor, mutable=["batch_stats"])
-        batch_stats = updates["batch_stats"]
-        outputs.append(out)
-    return tuple(outputs), batch_stats
+    stacked = jnp.concatenate(views)
+    out, updates = net.apply({"params": params, "batch_stats": batch_stats}, stacked, train=True,
+                             use_predictor=use_predictor, num_views=len(views), mutable=["batch_stats"])
+    per_view = {key: jnp.split(value, len(views)) for key, value in out.items()}
+    outputs = tuple({key: parts[i] for key, parts in per_view.items()} for i in range(len(views)))
+    return outputs, updates["batch_stats"]
 
 
 def _probe_loss(probe, probe_params, features, labels):
@@ -108,12 +109,12 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_con
 
         target_outputs, target_batch_stats = None, state.target_batch_stats
         if method.ema_target:
-            target_outputs, target_batch_stats = _forward(net, state.target_params, state.target_batch_stats,
-                                                          views, use_predictor=False)
+            target_outputs, target_batch_stats = forward_views(
+                net, state.target_params, state.target_batch_stats, views, use_predictor=False)
             target_outputs = lax.stop_gradient(target_outputs)
 
         def loss_fn(params):
-            online, batch_stats = _forward(net, params, state.batch_stats, views)
+            online, batch_stats = forward_views(net, params, state.batch_stats, views)
             loss, aux = method.loss(online, target_outputs, state.loss_state, axis_name, **loss_kwargs)
             return loss, (aux, batch_stats, online[0]["features"], online[1]["features"])
 

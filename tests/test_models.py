@@ -1,6 +1,7 @@
 """Tests for ssl_jax.models: shapes, parameter counts, dtypes, BatchNorm and cross-replica BN."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -135,6 +136,108 @@ def test_mlp_head_last_bn():
     out, _ = _apply(head, v, x, True, mutable=("batch_stats",))
     np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)
     assert set(v["params"]["Dense_0"]) == {"kernel"}  # hidden Linear: BN follows, no bias
+
+
+def _numpy_view_batch_norm(x, num_views, scale, bias, ra_mean, ra_var, momentum=0.9, eps=1e-5):
+    """Per-view BatchNorm in NumPy (float64): each view normalised by its own biased statistics; the running
+    averages updated view after view, r <- m r + (1 - m) s_v."""
+    views = x.astype(np.float64).reshape((num_views, -1) + x.shape[1:])
+    axes = tuple(range(1, views.ndim - 1))
+    mean, var = views.mean(axes, keepdims=True), views.var(axes, keepdims=True)
+    y = (views - mean) / np.sqrt(var + eps) * scale + bias
+    for v in range(num_views):
+        ra_mean = momentum * ra_mean + (1 - momentum) * mean[v].ravel()
+        ra_var = momentum * ra_var + (1 - momentum) * var[v].ravel()
+    return y.reshape(x.shape), ra_mean, ra_var
+
+
+@pytest.mark.parametrize("num_views", [1, 2, 3])
+def test_batch_norm_keeps_per_view_statistics(num_views):
+    rng = np.random.default_rng(num_views)
+    x = np.concatenate([rng.standard_normal((4, 3, 3, 5)) * (v + 1) + v for v in range(num_views)]).astype(np.float32)
+    scale, bias = rng.uniform(0.5, 2, 5), rng.standard_normal(5)
+    ra_mean, ra_var = rng.standard_normal(5), rng.uniform(0.5, 2, 5)
+    variables = {"params": {"scale": jnp.asarray(scale, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)},
+                 "batch_stats": {"mean": jnp.asarray(ra_mean, jnp.float32), "var": jnp.asarray(ra_var, jnp.float32)}}
+    bn = models.BatchNorm(use_running_average=False)
+    out, updates = jax.jit(functools.partial(bn.apply, num_views=num_views, mutable=["batch_stats"]))(variables, x)
+    want, want_mean, want_var = _numpy_view_batch_norm(x, num_views, scale, bias, ra_mean, ra_var)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], want_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], want_var, rtol=1e-5, atol=1e-5)
+    # evaluation uses the running averages for every view alike
+    frozen = models.BatchNorm(use_running_average=True).apply(variables, x, num_views=num_views)
+    np.testing.assert_allclose(frozen, (x - ra_mean) / np.sqrt(ra_var + 1e-5) * scale + bias, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_with_one_view_is_flax_batch_norm():
+    x = jnp.asarray(_images(6, 4) * 3.0 + 1.0)
+    for dtype, tol in ((jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)):
+        ours = models.BatchNorm(use_running_average=False, dtype=dtype)
+        flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5, dtype=dtype)
+        v = flax_bn.init(KEY, x)
+        assert jax.tree.map(jnp.shape, ours.init(KEY, x)) == jax.tree.map(jnp.shape, v)
+        got, want = ours.apply(v, x, mutable=["batch_stats"]), flax_bn.apply(v, x, mutable=["batch_stats"])
+        assert got[0].dtype == want[0].dtype == dtype
+        close = functools.partial(np.testing.assert_allclose, rtol=tol, atol=tol)
+        jax.tree.map(lambda g, w: close(np.float32(g), np.float32(w)), got, want)
+
+
+def test_batch_norm_rejects_a_batch_that_does_not_split_into_views():
+    bn = models.BatchNorm(use_running_average=False)
+    with pytest.raises(ValueError, match="batch of 5 does not split into num_views=2"):
+        bn.init(KEY, jnp.zeros((5, 3)), num_views=2)
+
+
+def test_stacked_views_equal_one_call_per_view():
+    """The trainer's one pass over [view1; view2] with num_views=2 is the network applied to each view in turn:
+    the same outputs and the same running averages (view 1's update, then view 2's)."""
+    net = SSLNet(width=4, projector_hidden=(16,), projection_dim=8, predictor_hidden=(8,), predictor_dim=4)
+    v = _init(net, (2, 16, 16, 3))
+    view1, view2 = _images(8, 16, seed=2), _images(8, 16, seed=3) * 2.0 + 0.5
+
+    @jax.jit
+    def one_call_per_view(variables):
+        stats, outs = variables["batch_stats"], []
+        for view in (view1, view2):
+            out, upd = net.apply({"params": variables["params"], "batch_stats": stats}, view, train=True,
+                                 mutable=["batch_stats"])
+            stats = upd["batch_stats"]
+            outs.append(out)
+        return outs, stats
+
+    stacked, stacked_stats = _apply(net, v, np.concatenate([view1, view2]), True, mutable=("batch_stats",),
+                                    num_views=2)
+    (out1, out2), stats = one_call_per_view(v)
+    for key in out1:
+        np.testing.assert_allclose(stacked[key][:8], out1[key], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stacked[key][8:], out2[key], rtol=1e-4, atol=1e-5)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+                 stacked_stats["batch_stats"], stats)
+
+
+def test_cross_replica_batch_norm_keeps_views_apart():
+    """On 8 devices each holds [its part of view 1; its part of view 2]; with the axis name the statistics are
+    each view's over all devices, as on one device holding [view 1; view 2]."""
+    mesh = jax.make_mesh((8,), ("batch",))
+    single, synced = MLPHead((16,), 8), MLPHead((16,), 8, bn_axis_name="batch")
+    view1, view2 = (np.random.default_rng(s).standard_normal((16, 12)).astype(np.float32) * s for s in (1, 3))
+    v = jax.jit(lambda: single.init(KEY, view1, train=False))()
+
+    def step(variables, x1, x2):
+        out, upd = synced.apply(variables, jnp.concatenate([x1, x2]), train=True, num_views=2,
+                                mutable=["batch_stats"])
+        return out[:x1.shape[0]], out[x1.shape[0]:], upd["batch_stats"]
+
+    sharded = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P("batch"), P("batch")),
+                                    out_specs=(P("batch"), P("batch"), P())))
+    split = NamedSharding(mesh, P("batch"))
+    out1, out2, stats = sharded(v, jax.device_put(view1, split), jax.device_put(view2, split))
+    want, want_stats = _apply(single, v, np.concatenate([view1, view2]), True, mutable=("batch_stats",),
+                              num_views=2)
+    np.testing.assert_allclose(np.concatenate([out1, out2]), want, rtol=1e-4, atol=1e-4)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), stats,
+                 want_stats["batch_stats"])
 
 
 def test_make_ssl_net_from_config():

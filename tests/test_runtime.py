@@ -68,7 +68,7 @@ def test_cpu_allocator_settings():
 _GRADIENTS = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-from ssl_jax import losses, models
+from ssl_jax import losses, models, train_step
 dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 net = models.make_ssl_net(dict(name="resnet18", width=24, projector_hidden=(64,), projection_dim=32), dtype=dtype)
 rng = np.random.default_rng(0)
@@ -76,11 +76,8 @@ views = [jnp.asarray(rng.uniform(size=(32, 32, 32, 3)), dtype) for _ in range(2)
 variables = net.init(jax.random.key(0), views[0][:2], train=True)
 
 def loss_fn(params, stats):
-    outs = []
-    for v in views:
-        out, upd = net.apply({"params": params, "batch_stats": stats}, v, train=True, mutable=["batch_stats"])
-        outs.append(out["projection"]); stats = upd["batch_stats"]
-    return losses.nt_xent(outs[0], outs[1], temperature=0.2)[0]
+    (out1, out2), _ = train_step.forward_views(net, params, stats, views)
+    return losses.nt_xent(out1["projection"], out2["projection"], temperature=0.2)[0]
 
 loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"], variables["batch_stats"])
 leaves = jax.tree_util.tree_leaves_with_path(grads)
@@ -99,21 +96,29 @@ def _gradients(tmp_path, name, xla_flags, float64=False):
     return dict(np.load(out))
 
 
-def test_auto_flags_leave_the_gradients_alone(tmp_path):
-    """The 'auto' flags move work between XLA's own kernels and the YNNPACK/XNNPACK libraries. The loss and
-    every gradient of a SimCLR step (two views, BatchNorm, a width-24 ResNet-18) must be as close to a float64
-    run as XLA's defaults are: float32 reassociation is allowed, a wrong kernel is not.
+def _relative_l2(got, want, keys):
+    """||got - want|| / ||want|| over the arrays named by `keys` taken together."""
+    error = sum(np.sum((got[k] - want[k]) ** 2) for k in keys)
+    return float(np.sqrt(error / sum(np.sum(want[k] ** 2) for k in keys)))
 
-    Some gradients are sums that cancel (a BatchNorm bias before the next BatchNorm is one), so both float32
-    runs may differ from float64 by a percent of their largest entry; each is measured against that."""
+
+def test_auto_flags_leave_the_gradients_alone(tmp_path):
+    """The 'auto' flags move work between XLA's own kernels and the YNNPACK/XNNPACK libraries. The loss and the
+    gradients of a SimCLR step (the trainer's two-view forward, a width-24 ResNet-18) must be as close to a
+    float64 run as XLA's defaults are: float32 reassociation is allowed, a wrong kernel is not.
+
+    Float32 runs differ from float64 mostly where an activation within rounding of zero takes the other side of
+    a ReLU: that moves a few entries of a few gradients (measured: up to 0.6% of a gradient's norm, in either
+    run, by luck of where it falls). So the comparison is over all gradients together, with a loose bound per
+    gradient; a wrong kernel or fusion errs by O(1)."""
     plain = _gradients(tmp_path, "plain", "")
     tuned = _gradients(tmp_path, "tuned", " ".join(runtime.auto_cpu_flags()))
     exact = _gradients(tmp_path, "float64", "", float64=True)
     assert plain.keys() == tuned.keys() == exact.keys() and len(plain) > 60
     np.testing.assert_allclose(tuned["loss"], exact["loss"], rtol=1e-5)
     np.testing.assert_allclose(plain["loss"], exact["loss"], rtol=1e-5)
-    for key in exact:
-        scale = np.max(np.abs(exact[key])) + 1e-12
-        plain_error = np.max(np.abs(plain[key] - exact[key])) / scale
-        tuned_error = np.max(np.abs(tuned[key] - exact[key])) / scale
-        assert tuned_error <= max(4 * plain_error, 1e-4), (key, tuned_error, plain_error)
+    gradients = [key for key in exact if key != "loss"]
+    plain_error, tuned_error = (_relative_l2(run, exact, gradients) for run in (plain, tuned))
+    assert tuned_error <= max(4 * plain_error, 1e-3), (tuned_error, plain_error)
+    for key in gradients:
+        assert _relative_l2(tuned, exact, [key]) < 5e-2, (key, _relative_l2(tuned, exact, [key]))

@@ -61,10 +61,17 @@ def _tico_tracked(metrics, step, beta=0.9):
     return float(metrics["covariance"]) / (1 - beta ** (step + 1))
 
 
-# After one step the device counts agree to float rounding. After that these width-4 test networks amplify the
-# rounding about a thousandfold per step in single parameters (1 vs 8 devices, Barlow Twins: 4e-7 after one step,
-# 5e-4 after two), so later steps are compared through the loss, which stays within 1e-3.
-LATER_LOSS_RTOL = 1e-3
+# After one step the device counts agree to float rounding. After that these width-4 test networks (batch 16, peak
+# learning rate from step 0) are chaotic: multiplying every initial parameter of a one-device run by
+# (1 + 1e-7 * noise) changed its loss by up to 5.2e-4 (relative) at step 2 and up to 1.4e-2 at step 3 (SimCLR,
+# VICReg, Barlow Twins; Barlow the most). Later steps are therefore compared through the loss, each step within a
+# few times that envelope: where the rounding lands decides the rest.
+LATER_LOSS_RTOL = (1e-4, 2e-3, 5e-2)  # steps 1, 2, 3
+
+
+def _assert_losses_follow(values, reference):
+    for step, (value, want) in enumerate(zip(values, reference)):
+        np.testing.assert_allclose(value, want, rtol=LATER_LOSS_RTOL[step], err_msg=f"step {step + 1}")
 
 
 @pytest.mark.parametrize("config_name", METHOD_CONFIGS)
@@ -80,7 +87,7 @@ def test_every_method_trains_and_eight_devices_follow_one(config_name):
         np.testing.assert_allclose(value, value.T, atol=1e-6)
     eight_first, eight_values, _ = _run(config_name, 8, 3, tracked=tracked)
     _assert_same_step(one_first, eight_first)
-    np.testing.assert_allclose(eight_values, one_values[:3], rtol=LATER_LOSS_RTOL)
+    _assert_losses_follow(eight_values, one_values[:3])
 
 
 @pytest.mark.parametrize("config_name", ["simclr_cifar", "tico_cifar"])
@@ -88,7 +95,7 @@ def test_two_devices_follow_the_one_device_trajectory(config_name):
     one_first, one_values, _ = _run(config_name, 1, 3)
     two_first, two_values, _ = _run(config_name, 2, 3)
     _assert_same_step(one_first, two_first)
-    np.testing.assert_allclose(two_values, one_values, rtol=LATER_LOSS_RTOL)
+    _assert_losses_follow(two_values, one_values)
 
 
 @pytest.mark.parametrize("config_name", ["simclr_cifar", "byol_cifar"])
