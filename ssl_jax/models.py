@@ -41,8 +41,9 @@ class BatchNorm(nn.Module):
     Each view is normalised with its own statistics and the running averages take the views in order, as V
     separate calls of flax's `nn.BatchNorm` would (r <- m r + (1 - m) s_v for v = 1..V), so running both views
     of a step as one batch keeps per-view BatchNorm (BYOL, VICReg, Barlow Twins) while every convolution runs
-    once over 2B images. Same variables and numerics as `nn.BatchNorm` (E[x^2] - E[x]^2 in float32, pmean
-    over `axis_name`); with `num_views=1` it is `nn.BatchNorm`.
+    once over 2B images. Same variables and formula as `nn.BatchNorm` (E[x^2] - E[x]^2 in float32, pmean
+    over `axis_name`, then (x - mean) * scale / sqrt(var + eps) + bias); with `num_views=1` it computes what
+    `nn.BatchNorm` does, up to the order of the float32 sums.
     """
     use_running_average: bool
     momentum: float = 0.9

@@ -74,10 +74,10 @@ def forward_views(net, params, batch_stats, views, use_predictor=True):
     """Both views through the network in train mode as one stacked batch, each view with its own BatchNorm
     statistics (as BYOL, VICReg and Barlow Twins do) and the running averages updated view after view.
 
-    The same function as one call per view, but every convolution runs once over both views: their weight
-    gradients are one convolution each instead of two that are then added, which the XLA CPU backend ran about
-    a quarter slower (docs/benchmarks.md). A Python loop over views would compile the network twice, and
-    `lax.scan` over them ran over 30x slower on CPU.
+    The same function as one call per view, but every convolution runs once over both views: each weight
+    gradient is one convolution instead of two whose results are added, and on the XLA CPU backend that `add`
+    pulled them into slow YNNPACK fusions (the step: median +7%, docs/benchmarks.md). One call per view would
+    also compile the network twice; `lax.scan` over the views ran over 30x slower on CPU.
     """
     stacked = jnp.concatenate(views)
     out, updates = net.apply({"params": params, "batch_stats": batch_stats}, stacked, train=True,
