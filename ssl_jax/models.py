@@ -65,7 +65,7 @@ class BatchNorm(nn.Module):
         if self.use_running_average:
             mean, var = ra_mean.value[None], ra_var.value[None]
         else:
-            mean, var = self._view_stats(views)
+            mean, var = self._view_stats(views, ra_mean, ra_var)
         shape = (mean.shape[0],) + (1,) * (x.ndim - 1) + (features,)
         mul = lax.rsqrt(var + self.epsilon)
         args = [x]
@@ -76,10 +76,10 @@ class BatchNorm(nn.Module):
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
             y, args = y + bias, args + [bias]
-        dtype = self.dtype or jnp.result_type(*args)
+        dtype = self.dtype if self.dtype is not None else jnp.result_type(*args)
         return y.reshape(x.shape).astype(dtype)
 
-    def _view_stats(self, views):
+    def _view_stats(self, views, ra_mean, ra_var):
         """Per-view (mean, var), each [V, C]; updates the running averages view after view."""
         stats_dtype = jnp.promote_types(views.dtype, jnp.float32)
         flat = views.reshape(views.shape[0], -1, views.shape[-1]).astype(stats_dtype)
@@ -88,12 +88,9 @@ class BatchNorm(nn.Module):
             mean, mean_sq = lax.pmean(jnp.stack([mean, mean_sq]), self.axis_name)
         var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
         if not self.is_initializing():
-            ra_mean, ra_var = self.get_variable("batch_stats", "mean"), self.get_variable("batch_stats", "var")
             for v in range(views.shape[0]):
-                ra_mean = self.momentum * ra_mean + (1 - self.momentum) * mean[v]
-                ra_var = self.momentum * ra_var + (1 - self.momentum) * var[v]
-            self.put_variable("batch_stats", "mean", ra_mean)
-            self.put_variable("batch_stats", "var", ra_var)
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean[v]
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var[v]
         return mean, var
 
 
