@@ -35,15 +35,97 @@ _BLOCK_KIND = {"resnet18": "basic", "resnet34": "basic"}  # the rest are bottlen
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def _sum_per_view(a):
+    """[V, M, C] -> [V, C]. One view is summed as [M, C]: YNNPACK ran the [1, M, C] form over 20x slower."""
+    return a[0].sum(0)[None] if a.shape[0] == 1 else a.sum(1)
+
+
+def _view_moments(x, num_views, axis_name):
+    """Per-view float32 (mean, biased var), each [V, C], of x [V*B, ..., C]; pmean over `axis_name`."""
+    flat = x.reshape(num_views, -1, x.shape[-1]).astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean, mean_sq = _sum_per_view(flat) / flat.shape[1], _sum_per_view(jnp.square(flat)) / flat.shape[1]
+    if axis_name is not None:
+        mean, mean_sq = lax.pmean(jnp.stack([mean, mean_sq]), axis_name)
+    return mean, jnp.maximum(0.0, mean_sq - jnp.square(mean))
+
+
+def batch_norm_train(x, scale, bias, num_views, epsilon, axis_name, relu):
+    """Train-mode BatchNorm (+ ReLU) of x [V*B, ..., C] with per-view batch statistics; returns
+    (y, mean, var), mean and var [V, C] (biased, float32) for the running averages.
+
+    y = act((x - mean_v) * a_v + bias), a_v = scale / sqrt(var_v + eps), x - mean_v taken first: the
+    multiply-add form x * a_v + (bias - mean_v a_v) loses digits to cancellation, enough that one device and 8
+    disagreed by 2.5e-4 (against 1.4e-6) in a parameter after one tiny VICReg step. The gradient is written out (`_batch_norm_bwd`) rather than traced through the statistics: two reductions and one
+    element-wise pass, where autodiff of the same formula gives XLA's CPU backend a dozen passes over each
+    activation (docs/benchmarks.md). mean and var carry no gradient.
+    """
+    missing = tuple(sorted(_varying_axes(x) - _varying_axes(scale)))
+    if missing:  # inside shard_map(check_vma=True): autodiff psums the parameters' gradient over these axes
+        scale, bias = (lax.pcast(p, missing, to="varying") for p in (scale, bias))
+    return _batch_norm_train(x, scale, bias, num_views, epsilon, axis_name, relu)
+
+
+def _varying_axes(x):
+    """The mesh axes over which x varies inside shard_map(check_vma=True); empty elsewhere."""
+    axis_type = getattr(jax.typeof(x), "manual_axis_type", None)
+    return frozenset(getattr(axis_type, "varying", ()))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _batch_norm_train(x, scale, bias, num_views, epsilon, axis_name, relu):
+    return _batch_norm_fwd(x, scale, bias, num_views, epsilon, axis_name, relu)[0]
+
+
+def _batch_norm_fwd(x, scale, bias, num_views, epsilon, axis_name, relu):
+    mean, var = _view_moments(x, num_views, axis_name)
+    inv_std = lax.rsqrt(var + epsilon)
+    a = inv_std * scale
+    flat = x.reshape(num_views, -1, x.shape[-1])
+    y = (flat.astype(a.dtype) - mean[:, None, :]) * a[:, None, :] + bias
+    if relu:
+        y = jnp.maximum(y, 0.0)
+    y = y.astype(x.dtype).reshape(x.shape)
+    return (y, mean, var), (x, y if relu else None, mean, inv_std, scale)
+
+
+def _batch_norm_bwd(num_views, epsilon, axis_name, relu, residuals, cotangents):
+    """dL/dx = k1 g + k2 (x - mean) + k3 per view and channel, with g the cotangent behind the ReLU and, over
+    the view's elements (all replicas), k1 = scale r, k2 = -scale r^3 E[g (x - mean)], k3 = -k1 E[g]
+    (r = 1/sqrt(var + eps)); d scale = r sum g (x - mean), d bias = sum g, over this replica's elements."""
+    x, y, mean, inv_std, scale = residuals
+    g = cotangents[0].reshape(num_views, -1, x.shape[-1])
+    flat = x.reshape(g.shape)
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    g = g.astype(compute)
+    if relu:
+        g = jnp.where(y.reshape(g.shape) > 0, g, 0.0)
+    centered = flat.astype(compute) - mean[:, None, :]
+    sum_g = _sum_per_view(g)
+    sum_gx = _sum_per_view(g * centered)
+    mean_g, mean_gx = sum_g / g.shape[1], sum_gx / g.shape[1]
+    if axis_name is not None:
+        mean_g, mean_gx = lax.pmean(jnp.stack([mean_g, mean_gx]), axis_name)
+    k1 = scale * inv_std
+    k2 = -k1 * jnp.square(inv_std) * mean_gx
+    k3 = -k1 * mean_g
+    dx = g * k1[:, None, :] + centered * k2[:, None, :] + k3[:, None, :]
+    d_scale = (sum_gx * inv_std).sum(0)
+    d_bias = sum_g.sum(0)
+    return dx.astype(x.dtype).reshape(x.shape), d_scale.astype(scale.dtype), d_bias.astype(scale.dtype)
+
+
+_batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
 class BatchNorm(nn.Module):
-    """BatchNorm over a batch that holds `num_views` views stacked along axis 0 ([V*B, ..., C]).
+    """BatchNorm (optionally followed by ReLU) over a batch of `num_views` views stacked along axis 0.
 
     Each view is normalised with its own statistics and the running averages take the views in order, as V
     separate calls of flax's `nn.BatchNorm` would (r <- m r + (1 - m) s_v for v = 1..V), so running both views
     of a step as one batch keeps per-view BatchNorm (BYOL, VICReg, Barlow Twins) while every convolution runs
-    once over 2B images. Same variables and formula as `nn.BatchNorm` (E[x^2] - E[x]^2 in float32, pmean
-    over `axis_name`, then (x - mean) * scale / sqrt(var + eps) + bias); with `num_views=1` it computes what
-    `nn.BatchNorm` does, up to the order of the float32 sums.
+    once over 2B images. Same variables and statistics as `nn.BatchNorm` (E[x^2] - E[x]^2 in float32, pmean
+    over `axis_name`); training mode runs `batch_norm_train`, whose gradient is written out. With
+    `num_views=1` it computes what `nn.BatchNorm` (+ `nn.relu` when `relu`) does, up to float rounding.
     """
     use_running_average: bool
     momentum: float = 0.9
@@ -53,6 +135,7 @@ class BatchNorm(nn.Module):
     use_scale: bool = True
     scale_init: Callable = nn.initializers.ones
     axis_name: str | None = None
+    relu: bool = False
 
     @nn.compact
     def __call__(self, x, num_views: int = 1):
@@ -61,37 +144,24 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         if x.shape[0] % num_views:
             raise ValueError(f"a batch of {x.shape[0]} does not split into num_views={num_views} equal views")
-        views = x.reshape((num_views, -1) + x.shape[1:])
+        scale = (self.param("scale", self.scale_init, (features,), jnp.float32) if self.use_scale
+                 else jnp.ones((features,), jnp.float32))
+        bias = (self.param("bias", nn.initializers.zeros, (features,), jnp.float32) if self.use_bias
+                else jnp.zeros((features,), jnp.float32))
+        dtype = self.dtype if self.dtype is not None else jnp.result_type(x, jnp.float32)
+        x = x.astype(dtype)
         if self.use_running_average:
-            mean, var = ra_mean.value[None], ra_var.value[None]
-        else:
-            mean, var = self._view_stats(views, ra_mean, ra_var)
-        shape = (mean.shape[0],) + (1,) * (x.ndim - 1) + (features,)
-        mul = lax.rsqrt(var + self.epsilon)
-        args = [x]
-        if self.use_scale:
-            scale = self.param("scale", self.scale_init, (features,), jnp.float32)
-            mul, args = mul * scale, args + [scale]
-        y = (views - mean.reshape(shape)) * mul.reshape(shape)
-        if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-            y, args = y + bias, args + [bias]
-        dtype = self.dtype if self.dtype is not None else jnp.result_type(*args)
-        return y.reshape(x.shape).astype(dtype)
-
-    def _view_stats(self, views, ra_mean, ra_var):
-        """Per-view (mean, var), each [V, C]; updates the running averages view after view."""
-        stats_dtype = jnp.promote_types(views.dtype, jnp.float32)
-        flat = views.reshape(views.shape[0], -1, views.shape[-1]).astype(stats_dtype)
-        mean, mean_sq = flat.mean(1), jnp.square(flat).mean(1)
-        if self.axis_name is not None and not self.is_initializing():
-            mean, mean_sq = lax.pmean(jnp.stack([mean, mean_sq]), self.axis_name)
-        var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
+            a = lax.rsqrt(ra_var.value + self.epsilon) * scale
+            y = ((x.astype(jnp.float32) - ra_mean.value) * a + bias).astype(dtype)
+            return jnp.maximum(y, 0) if self.relu else y
+        axis_name = None if self.is_initializing() else self.axis_name
+        y, mean, var = batch_norm_train(x, scale, bias, num_views, self.epsilon, axis_name, self.relu)
         if not self.is_initializing():
-            for v in range(views.shape[0]):
+            mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
+            for v in range(num_views):
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean[v]
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var[v]
-        return mean, var
+        return y
 
 
 def _batch_norm(train: bool, dtype: Any, axis_name: str | None, **kw) -> BatchNorm:
@@ -158,11 +228,11 @@ class _Block(nn.Module):
         norm = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         if self.kind == "basic":
-            y = nn.relu(norm()(conv(self.filters, (3, 3), s, padding=1)(x), num_views))
+            y = norm(relu=True)(conv(self.filters, (3, 3), s, padding=1)(x), num_views)
             y = norm(scale_init=last_scale)(conv(self.filters, (3, 3), padding=1)(y), num_views)
         else:
-            y = nn.relu(norm()(conv(self.filters, (1, 1))(x), num_views))
-            y = nn.relu(norm()(conv(self.filters, (3, 3), s, padding=1)(y), num_views))
+            y = norm(relu=True)(conv(self.filters, (1, 1))(x), num_views)
+            y = norm(relu=True)(conv(self.filters, (3, 3), s, padding=1)(y), num_views)
             y = norm(scale_init=last_scale)(conv(4 * self.filters, (1, 1))(y), num_views)
         if x.shape != y.shape:
             x = norm(name="shortcut_bn")(conv(y.shape[-1], (1, 1), s, name="shortcut_conv")(x), num_views)
@@ -205,7 +275,7 @@ class ResNet(nn.Module):
             x = conv(self.width, (7, 7), (2, 2), padding=3, name="stem_conv")(x)
         else:
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
-        x = nn.relu(_batch_norm(train, self.dtype, self.bn_axis_name, name="stem_bn")(x, num_views))
+        x = _batch_norm(train, self.dtype, self.bn_axis_name, relu=True, name="stem_bn")(x, num_views)
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         return x
@@ -229,7 +299,7 @@ class MLPHead(nn.Module):
         norm = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
         x = jnp.asarray(x, self.dtype)
         for dim in self.hidden_dims:
-            x = nn.relu(norm()(dense(dim, use_bias=False)(x), num_views))
+            x = norm(relu=True)(dense(dim, use_bias=False)(x), num_views)
         x = dense(self.output_dim, use_bias=not self.last_bn)(x)
         if self.last_bn:
             x = norm(use_bias=False, use_scale=False)(x, num_views)

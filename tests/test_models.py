@@ -170,6 +170,72 @@ def test_batch_norm_keeps_per_view_statistics(num_views):
     np.testing.assert_allclose(frozen, (x - ra_mean) / np.sqrt(ra_var + 1e-5) * scale + bias, rtol=1e-4, atol=1e-4)
 
 
+def _numpy_batch_norm_grads(x, g, num_views, scale, bias, relu, eps=1e-5):
+    """Gradients of sum(g * BN(x)) by backpropagating through the textbook graph, op by op, in float64:
+    mean -> centred -> var -> inv_std -> x_hat -> scale, bias -> (ReLU)."""
+    views = x.astype(np.float64).reshape(num_views, -1, x.shape[-1])
+    g = g.astype(np.float64).reshape(views.shape)
+    m = views.shape[1]
+    mean = views.mean(1, keepdims=True)
+    centred = views - mean
+    var = (centred ** 2).mean(1, keepdims=True)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    x_hat = centred * inv_std
+    z = x_hat * scale + bias
+    dz = g * (z > 0) if relu else g
+    d_scale, d_bias = (dz * x_hat).sum((0, 1)), dz.sum((0, 1))
+    dx_hat = dz * scale
+    d_inv_std = (dx_hat * centred).sum(1, keepdims=True)
+    d_var = d_inv_std * -0.5 * (var + eps) ** -1.5
+    d_centred = dx_hat * inv_std + d_var * 2.0 * centred / m
+    dx = d_centred - d_centred.mean(1, keepdims=True)
+    return dx.reshape(x.shape), d_scale, d_bias
+
+
+@pytest.mark.parametrize("num_views,relu", [(1, False), (1, True), (2, False), (2, True), (3, True)])
+def test_batch_norm_gradient_matches_numpy_backprop(num_views, relu):
+    """`batch_norm_train` writes its gradient out; it must be the gradient of the formula, through the batch
+    statistics, for every view, with and without the fused ReLU."""
+    rng = np.random.default_rng(10 * num_views + relu)
+    x = np.concatenate([rng.standard_normal((6, 3, 3, 4)) * (v + 1) + v for v in range(num_views)])
+    x = x.astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    scale, bias = rng.uniform(0.5, 2, 4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+
+    def loss(x, scale, bias):
+        y, _, _ = models.batch_norm_train(x, scale, bias, num_views, 1e-5, None, relu)
+        return jnp.sum(y * g)
+
+    got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(x, scale, bias)
+    want = _numpy_batch_norm_grads(x, g, num_views, scale, bias, relu)
+    for got_i, want_i in zip(got, want):
+        np.testing.assert_allclose(got_i, want_i, rtol=1e-4, atol=1e-4 * np.abs(want_i).max())
+
+
+def test_cross_replica_batch_norm_gradient_matches_one_device():
+    """With the axis name, the gradient through the statistics of all replicas: 8 devices, each with its part of
+    both views, give the one-device gradient of the whole batch."""
+    mesh = jax.make_mesh((8,), ("batch",))
+    rng = np.random.default_rng(7)
+    views = [rng.standard_normal((16, 2, 2, 3)).astype(np.float32) * s + s for s in (1, 3)]
+    g = [rng.standard_normal(v.shape).astype(np.float32) for v in views]
+    scale, bias = np.float32([0.5, 1.0, 2.0]), np.float32([0.1, -0.2, 0.3])
+
+    def grads(x1, x2, g1, g2, axis_name):
+        def loss(x1, x2, scale, bias):
+            y, _, _ = models.batch_norm_train(jnp.concatenate([x1, x2]), scale, bias, 2, 1e-5, axis_name, True)
+            return jnp.sum(y * jnp.concatenate([g1, g2]))
+        return jax.grad(loss, argnums=(0, 1, 2, 3))(x1, x2, scale, bias)
+
+    split = P("batch")  # check_vma=True: the replicated scale's and bias' gradients come back psum'd
+    sharded = jax.jit(jax.shard_map(functools.partial(grads, axis_name="batch"), mesh=mesh, in_specs=(split,) * 4,
+                                    out_specs=(split, split, P(), P())))
+    got = sharded(*(jax.device_put(a, NamedSharding(mesh, split)) for a in (*views, *g)))
+    want = jax.jit(functools.partial(grads, axis_name=None))(*views, *g)
+    for got_i, want_i in zip(got, want):
+        np.testing.assert_allclose(got_i, want_i, rtol=1e-4, atol=1e-5)
+
+
 def test_batch_norm_with_one_view_is_flax_batch_norm():
     x = jnp.asarray(_images(6, 4) * 3.0 + 1.0)
     for dtype, tol in ((jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)):
