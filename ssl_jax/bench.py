@@ -2,10 +2,12 @@
 
 Builds the trainer's own step (same config, network, augmentations on the device, sharding), compiles it outside
 the timing, times `--steps` steps with the device synchronised after each, and prints one JSON line.
-`--part=augment` times the on-device augmentation alone and `--part=input` the host input pipeline alone (host
-batch + transfer), so a bottleneck shows where it is. The data are random uint8 images of the configured size,
-so no data set is needed.
+`--part=views` times the step without its augmentation, on views made beforehand (as reference steps such as
+`torch_simclr_step.py` are timed), `--part=augment` the on-device augmentation alone and `--part=input` the host
+input pipeline alone (host batch + transfer), so a bottleneck shows where it is. The data are random uint8
+images of the configured size, so no data set is needed.
 """
+import functools
 import json
 import statistics
 import sys
@@ -21,7 +23,9 @@ FLAGS = flags.FLAGS
 runtime.define_config_flag("Config file, as for ssl_jax.main.")
 flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-flags.DEFINE_enum("part", "step", ["step", "augment", "input"], "What to time.")
+flags.DEFINE_enum("part", "step", ["step", "views", "augment", "input"],
+                  "What to time: the train step, the step on ready views (without the augmentation), the "
+                  "augmentation alone, or the host input pipeline alone.")
 flags.DEFINE_integer("num_images", 0, "Size of the random data set (0: 4 global batches).")
 flags.mark_flags_as_required(["config"])
 
@@ -76,14 +80,19 @@ def peak_memory(devices):
     return max(peaks) if all(p is not None for p in peaks) and peaks else None
 
 
-def bench_step(exp, steps, warmup):
-    """Compiles and times the full train step; returns the step-specific fields."""
+def bench_step(exp, steps, warmup, ready_views=False):
+    """Compiles and times the full train step (with `ready_views`, the step without its augmentation, on views
+    made beforehand); returns the step-specific fields."""
     import jax
     from ssl_jax import data, train
 
     state = exp.dp.put_state(train.initial_state(exp))
-    step_fn = train.make_step_fn(exp)
+    step_fn = train.make_step_fn(exp, ready_views=ready_views)
     batches = [exp.dp.put_batch(data.host_batch(exp.dataset.train, i, exp.config.batch_size, 0)) for i in range(2)]
+    if ready_views:
+        make_views = _mapped_augmentation(exp)
+        batches = [{"views": make_views(b), "label": b["label"]} for b in batches]
+        jax.block_until_ready(batches)
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0]).compile() if hasattr(step_fn, "lower") else None
     if compiled is None:  # pmap: compile by running once
@@ -103,18 +112,20 @@ def bench_step(exp, steps, warmup):
                 flops=flops_of(compiled) if exp.dp.mode == "shard_map" else None)
 
 
+def _mapped_augmentation(exp):
+    """The step's augmentation (both views, normalised) as its own mapped, jitted function of a placed batch."""
+    import jax
+    from ssl_jax import train, train_step
+
+    cfgs, key = train.view_configs(exp.config), jax.random.key(0)
+    return exp.dp.map_batch_fn(lambda batch: train_step.augmented_views(key, batch, cfgs))
+
+
 def bench_augment(exp, steps, warmup):
     import jax
-    from ssl_jax import augment, data
+    from ssl_jax import data
 
-    cfgs = (augment.view_config_from_dict(exp.config.augment.view1),
-            augment.view_config_from_dict(exp.config.augment.view2))
-    key = jax.random.key(0)
-
-    def per_device(batch):
-        return augment.two_views(key, batch["image"], batch["index"], *cfgs)
-
-    fn = exp.dp.map_batch_fn(per_device)
+    fn = _mapped_augmentation(exp)
     batch = exp.dp.put_batch(data.host_batch(exp.dataset.train, 0, exp.config.batch_size, 0))
     start = time.perf_counter()
     jax.block_until_ready(fn(batch))
@@ -143,7 +154,9 @@ def run(config, steps=10, warmup=2, part="step", num_images=0):
 
     dataset = random_dataset(config, num_images or 4 * config.batch_size)
     exp = train.build_experiment(config, dataset)
-    result = {"step": bench_step, "augment": bench_augment, "input": bench_input}[part](exp, steps, warmup)
+    parts = {"step": bench_step, "views": functools.partial(bench_step, ready_views=True),
+             "augment": bench_augment, "input": bench_input}
+    result = parts[part](exp, steps, warmup)
     median = statistics.median(result["times"])
     devices = list(exp.dp.mesh.devices.flat)
     record = dict(

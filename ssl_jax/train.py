@@ -97,12 +97,17 @@ def initial_state(exp):
         (crop, crop, image_shape[2]), config.model.projection_dim)
 
 
-def make_step_fn(exp):
+def view_configs(config):
+    return (augment.view_config_from_dict(config.augment.view1),
+            augment.view_config_from_dict(config.augment.view2))
+
+
+def make_step_fn(exp, ready_views=False):
+    """The mapped train step; with `ready_views` it takes batches of ready views (see make_per_device_step)."""
     config = exp.config
     per_device_step = train_step.make_per_device_step(
         net=exp.net, probe=exp.probe, method=exp.method, tx=exp.tx, probe_tx=exp.probe_tx, schedule=exp.schedule,
-        view_configs=(augment.view_config_from_dict(config.augment.view1),
-                      augment.view_config_from_dict(config.augment.view2)),
+        view_configs=None if ready_views else view_configs(config),
         loss_kwargs=dict(config.loss), ema_base_decay=config.ema.base_decay, total_steps=exp.total_steps)
     return exp.dp.map_step(per_device_step)
 

@@ -97,15 +97,27 @@ def _scalar_metrics(aux):
     return {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
 
 
+def augmented_views(key, batch, view_configs):
+    """Two normalised views of the uint8 batch['image'], each example's randomness from `key` and its global
+    batch['index'] (so the views do not depend on how the batch is split over devices)."""
+    views = augment.two_views(key, batch["image"], batch["index"], *view_configs)
+    return tuple(augment.normalize(v) for v in views)
+
+
 def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_configs, loss_kwargs,
                          ema_base_decay, total_steps, axis_name=AXIS):
-    """Builds `per_device_step(state, batch)`; `batch` holds uint8 'image', int 'label' and global 'index'."""
-    view1_cfg, view2_cfg = view_configs
+    """Builds `per_device_step(state, batch)`; `batch` holds uint8 'image', int 'label' and global 'index'.
+
+    With `view_configs=None` the batch brings its two views ready ('views', normalised float arrays) instead of
+    'image' and 'index': the step without its augmentation, as `ssl_jax.bench --part=views` times it to compare
+    with a reference step timed on ready views."""
 
     def per_device_step(state, batch):
-        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        views = augment.two_views(step_key, batch["image"], batch["index"], view1_cfg, view2_cfg)
-        views = tuple(augment.normalize(v) for v in views)
+        if view_configs is None:
+            views = batch["views"]
+        else:
+            step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+            views = augmented_views(step_key, batch, view_configs)
 
         target_outputs, target_batch_stats = None, state.target_batch_stats
         if method.ema_target:

@@ -35,8 +35,8 @@ def test_step_benchmark_prints_one_json_line():
     assert record["cpu_allocator"] in ("tuned", "default")
 
 
-@pytest.mark.parametrize("part", ["augment", "input"])
-def test_augment_and_input_parts(part):
+@pytest.mark.parametrize("part", ["views", "augment", "input"])
+def test_other_parts(part):
     record = _bench("--config=configs/byol_cifar.py", f"--part={part}", "--steps=2", "--warmup=1", *TINY,
                     "--config.model.predictor_hidden=(32,)", "--config.model.predictor_dim=16")
     assert record["part"] == part and record["images_per_sec"] > 0 and record["step_time_ms"] > 0
