@@ -131,15 +131,14 @@ def test_step_on_ready_views_is_the_step_without_its_augmentation():
     the same new state and metrics: the augmentation is the only part it leaves out. BYOL (EMA target), 2 devices."""
     config = helpers.tiny_config("byol_cifar", batch_size=16, num_devices=2)
     exp = train.build_experiment(config, helpers.synthetic_dataset(num_train=32))
-    host_state = train.initial_state(exp)
     batch = exp.dp.put_batch(next(train.host_batches(exp, 0, 1)))
-    state, metrics = train.make_step_fn(exp)(exp.dp.put_state(host_state), batch)
+    state, metrics = train.make_step_fn(exp)(exp.dp.put_state(train.initial_state(exp)), batch)
 
-    step_key = jax.random.fold_in(jax.random.wrap_key_data(host_state.rng), 0)
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(train.initial_state(exp).rng), 0)
     cfgs = train.view_configs(config)
     views = exp.dp.map_batch_fn(lambda b: train_step.augmented_views(step_key, b, cfgs))(batch)
     ready_state, ready_metrics = train.make_step_fn(exp, ready_views=True)(
-        exp.dp.put_state(host_state), {"views": views, "label": batch["label"]})
+        exp.dp.put_state(train.initial_state(exp)), {"views": views, "label": batch["label"]})
     for got, want in zip(jax.tree.leaves(train.local_copy((ready_state, ready_metrics))),
                          jax.tree.leaves(train.local_copy((state, metrics)))):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
