@@ -98,6 +98,7 @@ def initial_state(exp):
 
 
 def view_configs(config):
+    """The two views' augmentation settings (config.augment.view1 and view2) as augment.ViewConfig."""
     return (augment.view_config_from_dict(config.augment.view1),
             augment.view_config_from_dict(config.augment.view2))
 
