@@ -62,9 +62,16 @@ class Experiment:
 
 
 def check_method_config(config, method):
-    if method.predictor and not config.model.predictor_dim:
+    """Fails at start on head sizes the method cannot use, instead of a shape error inside the loss."""
+    model = config.model
+    if method.predictor and not model.predictor_dim:
         raise ValueError(f"config.method={config.method!r} needs a predictor; set config.model.predictor_dim > 0 "
                          "(and config.model.predictor_hidden).")
+    if method.predictor and model.predictor_dim != model.projection_dim:
+        raise ValueError(f"config.model.predictor_dim={model.predictor_dim} differs from config.model.projection_dim="
+                         f"{model.projection_dim}, but {config.method}'s predictor predicts the other view's "
+                         f"projection; set both to the same size (e.g. --config.model.predictor_dim="
+                         f"{model.projection_dim}).")
 
 
 def build_experiment(config, dataset=None):

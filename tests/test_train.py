@@ -212,3 +212,10 @@ def test_indivisible_batch_fails_with_a_clear_message():
     config = helpers.tiny_config(batch_size=12, num_devices=8)
     with pytest.raises(ValueError, match=r"batch_size=12 cannot be split evenly over 8 device"):
         train.build_experiment(config, helpers.synthetic_dataset())
+
+
+@pytest.mark.parametrize("config_name", ["byol_cifar", "simsiam_cifar", "mocov3_cifar"])
+def test_predictor_size_must_match_the_projection(config_name):
+    config = helpers.tiny_config(config_name, **{"model.predictor_dim": 8})
+    with pytest.raises(ValueError, match=r"predictor_dim=8 differs from config.model.projection_dim=16"):
+        train.build_experiment(config, helpers.synthetic_dataset())
