@@ -55,9 +55,10 @@ def batch_norm_train(x, scale, bias, num_views, epsilon, axis_name, relu):
 
     y = act((x - mean_v) * a_v + bias), a_v = scale / sqrt(var_v + eps), x - mean_v taken first: the
     multiply-add form x * a_v + (bias - mean_v a_v) loses digits to cancellation, enough that one device and 8
-    disagreed by 2.5e-4 (against 1.4e-6) in a parameter after one tiny VICReg step. The gradient is written out (`_batch_norm_bwd`) rather than traced through the statistics: two reductions and one
-    element-wise pass, where autodiff of the same formula gives XLA's CPU backend a dozen passes over each
-    activation (docs/benchmarks.md). mean and var carry no gradient.
+    disagreed by 2.5e-4 (against 1.4e-6) in a parameter after one tiny VICReg step. The gradient is written
+    out (`_batch_norm_bwd`) rather than traced through the statistics: two reductions and one element-wise
+    pass, where autodiff of the same formula gives XLA's CPU backend a dozen passes over each activation
+    (docs/benchmarks.md). mean and var carry no gradient.
     """
     missing = tuple(sorted(_varying_axes(x) - _varying_axes(scale)))
     if missing:  # inside shard_map(check_vma=True): autodiff psums the parameters' gradient over these axes
@@ -76,14 +77,17 @@ def _batch_norm_train(x, scale, bias, num_views, epsilon, axis_name, relu):
     return _batch_norm_fwd(x, scale, bias, num_views, epsilon, axis_name, relu)[0]
 
 
+def _normalize(x, mean, a, bias, relu):
+    """act((x - mean) * a + bias) in a's dtype (float32), x - mean first (see batch_norm_train)."""
+    y = (x.astype(a.dtype) - mean) * a + bias
+    return jnp.maximum(y, 0.0) if relu else y
+
+
 def _batch_norm_fwd(x, scale, bias, num_views, epsilon, axis_name, relu):
     mean, var = _view_moments(x, num_views, axis_name)
     inv_std = lax.rsqrt(var + epsilon)
-    a = inv_std * scale
     flat = x.reshape(num_views, -1, x.shape[-1])
-    y = (flat.astype(a.dtype) - mean[:, None, :]) * a[:, None, :] + bias
-    if relu:
-        y = jnp.maximum(y, 0.0)
+    y = _normalize(flat, mean[:, None, :], (inv_std * scale)[:, None, :], bias, relu)
     y = y.astype(x.dtype).reshape(x.shape)
     return (y, mean, var), (x, y if relu else None, mean, inv_std, scale)
 
@@ -152,8 +156,7 @@ class BatchNorm(nn.Module):
         x = x.astype(dtype)
         if self.use_running_average:
             a = lax.rsqrt(ra_var.value + self.epsilon) * scale
-            y = ((x.astype(jnp.float32) - ra_mean.value) * a + bias).astype(dtype)
-            return jnp.maximum(y, 0) if self.relu else y
+            return _normalize(x, ra_mean.value, a, bias, self.relu).astype(dtype)
         axis_name = None if self.is_initializing() else self.axis_name
         y, mean, var = batch_norm_train(x, scale, bias, num_views, self.epsilon, axis_name, self.relu)
         if not self.is_initializing():

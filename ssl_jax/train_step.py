@@ -97,6 +97,11 @@ def _scalar_metrics(aux):
     return {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
 
 
+def step_key(state):
+    """The step's random key: the state's base key folded with the step number."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
 def augmented_views(key, batch, view_configs):
     """Two normalised views of the uint8 batch['image'], each example's randomness from `key` and its global
     batch['index'] (so the views do not depend on how the batch is split over devices)."""
@@ -113,11 +118,7 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_con
     with a reference step timed on ready views."""
 
     def per_device_step(state, batch):
-        if view_configs is None:
-            views = batch["views"]
-        else:
-            step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-            views = augmented_views(step_key, batch, view_configs)
+        views = batch["views"] if view_configs is None else augmented_views(step_key(state), batch, view_configs)
 
         target_outputs, target_batch_stats = None, state.target_batch_stats
         if method.ema_target:

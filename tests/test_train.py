@@ -134,9 +134,9 @@ def test_step_on_ready_views_is_the_step_without_its_augmentation():
     batch = exp.dp.put_batch(next(train.host_batches(exp, 0, 1)))
     state, metrics = train.make_step_fn(exp)(exp.dp.put_state(train.initial_state(exp)), batch)
 
-    step_key = jax.random.fold_in(jax.random.wrap_key_data(train.initial_state(exp).rng), 0)
+    key = train_step.step_key(train.initial_state(exp))
     cfgs = train.view_configs(config)
-    views = exp.dp.map_batch_fn(lambda b: train_step.augmented_views(step_key, b, cfgs))(batch)
+    views = exp.dp.map_batch_fn(lambda b: train_step.augmented_views(key, b, cfgs))(batch)
     ready_state, ready_metrics = train.make_step_fn(exp, ready_views=True)(
         exp.dp.put_state(train.initial_state(exp)), {"views": views, "label": batch["label"]})
     for got, want in zip(jax.tree.leaves(train.local_copy((ready_state, ready_metrics))),
