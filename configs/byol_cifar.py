@@ -3,8 +3,8 @@
 Sources: solo-learn `scripts/pretrain/cifar/byol.yaml` (global batch 256, 1000 epochs, LARS lr 1.0, weight decay
 1e-5, eta 0.02, projector 4096 -> 256, predictor 4096 -> 256, tau 0.99 -> 1.0) and BYOL table 6 for the two views
 (view 1: blur p=1.0, no solarize; view 2: blur p=0.1, solarize p=0.2; both: jitter 0.4/0.4/0.2/0.1 with p=0.8,
-grayscale p=0.2). solo-learn's CIFAR `asymmetric.yaml` has the same jitter and solarize but no blur; we keep the
-paper's blur. solo-learn's lr is per 256 images (solo/args/pretrain.py multiplies it by
+grayscale p=0.2). At 32x32 we follow solo-learn's CIFAR `asymmetric.yaml`, which has the same jitter and
+solarize but no blur (config_lib.CIFAR_BLUR_PROB). solo-learn's lr is per 256 images (solo/args/pretrain.py multiplies it by
 batch_size x devices x nodes / 256), the same linear rule as ours, so base_lr = the yaml lr. Warm-up (10 epochs,
 then cosine) is solo-learn's warmup_cosine default and already the base value.
 
@@ -23,8 +23,9 @@ def get_config(arg=None):
     config.batch_size = 256                      # solo-learn byol.yaml
     config.num_epochs = 1000                     # solo-learn byol.yaml
 
-    config.augment.view1 = config_lib.byol_view_config(blur_prob=1.0, solarize_prob=0.0)  # BYOL table 6, view 1
-    config.augment.view2 = config_lib.byol_view_config(blur_prob=0.1, solarize_prob=0.2)  # BYOL table 6, view 2
+    # BYOL table 6 (blur 1.0 / 0.1 at 224) as solo-learn's CIFAR asymmetric.yaml: solarize 0 / 0.2, no blur
+    config.augment.view1 = config_lib.byol_view_config(blur_prob=config_lib.CIFAR_BLUR_PROB, solarize_prob=0.0)
+    config.augment.view2 = config_lib.byol_view_config(blur_prob=config_lib.CIFAR_BLUR_PROB, solarize_prob=0.2)
 
     config.model.projector_hidden = (4096,)      # solo-learn byol.yaml proj_hidden_dim (BYOL: 4096)
     config.model.projection_dim = 256            # solo-learn byol.yaml proj_output_dim (BYOL: 256)
@@ -37,6 +38,7 @@ def get_config(arg=None):
     config.optimizer.base_lr = 1.0               # solo-learn byol.yaml lr 1.0 per 256 images
     config.optimizer.weight_decay = 1e-5         # solo-learn byol.yaml
     config.optimizer.trust_coefficient = 0.02    # solo-learn byol.yaml eta
+    config.optimizer.clip_lr = True              # solo-learn byol.yaml clip_lr (LARC clipping; docs/learning_check.md)
 
     config.ema.base_decay = 0.99                 # solo-learn byol.yaml base_tau 0.99 (cosine to 1.0)
     return config_lib.finalize(config, arg)

@@ -28,6 +28,8 @@ def get_config(arg=None):
 
     config.model.projector_hidden = (4096,)      # solo-learn mocov3.yaml proj_hidden_dim (2-layer for ResNets)
     config.model.projection_dim = 256            # solo-learn mocov3.yaml proj_output_dim
+    config.model.projector_last_bn = True        # MoCo v3 official moco/builder.py: projector _build_mlp(last_bn=True),
+                                                 # BatchNorm1d(affine=False) on the output; the predictor has none
     config.model.predictor_hidden = (4096,)      # solo-learn mocov3.yaml pred_hidden_dim
     config.model.predictor_dim = 256             # MoCo v3: predictor maps back to the projection size
 

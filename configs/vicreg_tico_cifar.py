@@ -5,8 +5,9 @@ No published recipe exists for this hybrid; it is our choice to run VICReg's CIF
 (solo-learn `scripts/pretrain/cifar/vicreg.yaml`: global batch 256, 1000 epochs, LARS lr 0.3 per 256 images,
 weight decay 1e-4, eta 0.02, projector 2048-2048 -> 2048, weights 25/25/1, its symmetric views: crop (0.2, 1.0),
 jitter 0.4/0.4/0.2/0.1 p=0.8, grayscale 0.2, no blur, solarize 0.1) with TiCo's running-covariance decay beta 0.9.
-Both branches go through the online network (no EMA target). cov_coeff 1.0 now weights the TiCo contrast, which
-is not normalised by the dimension as VICReg's covariance term is: untuned, our choice.
+Both branches go through the online network (no EMA target). The contrast is TiCo's, on L2-normalised projections
+(on raw ones it overflowed: NaN within 20 steps, docs/learning_check.md); its weight cov_coeff = 2 x sim_coeff x
+rho keeps TiCo's balance of contrast against invariance (losses.vicreg_tico_loss).
 
     python -m ssl_jax.main --config=configs/vicreg_tico_cifar.py --workdir=/tmp/vicreg_tico
     python -m ssl_jax.main --config=configs/vicreg_tico_cifar.py:smoke --workdir=/tmp/smoke
@@ -23,7 +24,7 @@ def get_config(arg=None):
     config.loss = ml_collections.ConfigDict(dict(
         sim_coeff=25.0,                          # VICReg paper lambda; solo-learn sim_loss_weight
         std_coeff=25.0,                          # VICReg paper mu; solo-learn var_loss_weight
-        cov_coeff=1.0,                           # our choice: VICReg's nu, now on the TiCo contrast (untuned)
+        cov_coeff=1000.0,                        # our choice: 2 x sim_coeff x TiCo's rho 20 (losses.vicreg_tico_loss)
         beta=0.9,                                # TiCo paper: running-covariance decay
         eps=1e-4,                                # VICReg paper: std = sqrt(Var + 1e-4)
     ))

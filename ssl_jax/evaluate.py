@@ -313,3 +313,143 @@ def linear_eval(train_features, train_labels, test_features, test_labels, num_cl
         "linear_top5": float(test_top5),
         "linear_train_top1": float(train_top1),
     }
+
+
+# ----------------------------------------------------------------------------------------
+# A frozen backbone on a data set, and the command line
+# ----------------------------------------------------------------------------------------
+
+def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, linear: bool = True) -> dict:
+    """kNN (and linear) accuracy of the features ``encode_fn`` gives ``dataset`` (``.train``/``.test`` splits of
+    uint8 images and labels, ``.num_classes``), with ``eval_config``'s settings (``config.eval``): k, T, linear
+    epochs and batch, and ``max_train_examples`` (a random subset of the train split, chosen by ``seed``)."""
+    import time
+
+    train_images, train_labels = dataset.train.images, dataset.train.labels
+    limit = eval_config.max_train_examples
+    if limit and limit < len(train_labels):
+        idx = np.random.default_rng(seed).permutation(len(train_labels))[:limit]
+        train_images, train_labels = train_images[idx], train_labels[idx]
+    start = time.perf_counter()
+    train_features = extract_features(encode_fn, train_images, eval_config.batch_size)
+    test_features = extract_features(encode_fn, dataset.test.images, eval_config.batch_size)
+    results = {"knn_top1": knn_accuracy(
+        train_features, train_labels, test_features, dataset.test.labels, dataset.num_classes,
+        k=eval_config.knn_k, temperature=eval_config.knn_temperature)}
+    if linear:
+        results.update(linear_eval(
+            train_features, train_labels, test_features, dataset.test.labels, dataset.num_classes,
+            epochs=eval_config.linear_epochs, batch_size=eval_config.linear_batch_size, seed=seed))
+    results["eval_seconds"] = time.perf_counter() - start
+    return results
+
+
+def format_results(results: dict) -> str:
+    """One line: every accuracy in ``results``, the random-initialisation baseline beside its figure."""
+    parts = []
+    for key in ("knn_top1", "linear_top1", "linear_top5"):
+        if key in results:
+            base = results.get(f"{key}_random_init")
+            parts.append(f"{key}={results[key]:.4f}" + (f" (random init {base:.4f})" if base is not None else ""))
+    return " ".join(parts)
+
+
+def _load_run(workdir, encoder_dir):
+    """(encoder directory, the run's config or None) for `--workdir` or `--encoder`; ValueError if neither is
+    there."""
+    import json
+    import os
+
+    import ml_collections
+
+    from ssl_jax import checkpoint
+
+    if workdir:
+        encoder_dir = encoder_dir or os.path.join(workdir, "encoder")
+        config_path = os.path.join(workdir, "config.json")
+        if not os.path.exists(os.path.join(encoder_dir, checkpoint.ENCODER_CONFIG_FILE)):
+            raise ValueError(f"--workdir={workdir} holds no exported encoder ({encoder_dir}/encoder_config.json is "
+                             "missing): is it the workdir of a finished `python -m ssl_jax.main` run?")
+        config = None
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                config = ml_collections.ConfigDict(json.load(f))
+        return encoder_dir, config
+    if not os.path.exists(os.path.join(encoder_dir, checkpoint.ENCODER_CONFIG_FILE)):
+        raise ValueError(f"--encoder={encoder_dir} is not an exported encoder (no encoder_config.json in it); pass "
+                         "WORKDIR/encoder of a finished run, or --workdir=WORKDIR.")
+    return encoder_dir, None
+
+
+def main(argv):
+    """`python -m ssl_jax.evaluate --workdir=DIR` (or `--encoder=DIR --data=PATH`): kNN and linear evaluation
+    of a saved encoder; prints the results and writes them to DIR/eval_frozen.json (or --output)."""
+    import json
+    import os
+    import sys
+
+    from absl import flags
+
+    from ssl_jax import augment
+    from ssl_jax import checkpoint
+    from ssl_jax import config_lib
+    from ssl_jax import data
+    from ssl_jax import runtime
+
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}")
+    if not (FLAGS.workdir or FLAGS.encoder):
+        sys.exit("error: pass --workdir=DIR (a finished run) or --encoder=DIR (an exported encoder).")
+    try:
+        encoder_dir, config = _load_run(FLAGS.workdir, FLAGS.encoder)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    config = config or config_lib.base_config()
+    runtime.configure_xla_cpu(config.xla_cpu_flags)  # before JAX starts its backend
+    eval_config = config.eval
+    for key in ("knn_k", "linear_epochs", "max_train_examples"):
+        if FLAGS[key].value is not None:
+            eval_config[key] = FLAGS[key].value
+    data_config = config.data
+    try:
+        dataset = data.load_dataset(FLAGS.dataset or data_config.name, path=FLAGS.data or data_config.path or None,
+                                    cache_dir=data_config.cache_dir or None,
+                                    tfds_data_dir=data_config.tfds_data_dir or None, download=data_config.download)
+    except data.DataError as e:
+        sys.exit(f"error: {e}")
+    apply, variables = checkpoint.load_encoder(encoder_dir)
+
+    @jax.jit
+    def encode(images):
+        return apply(variables, augment.normalize(images.astype(jnp.float32) / 255.0))
+
+    results = evaluate_backbone(encode, dataset, eval_config, seed=config.seed)
+    results.update(encoder=os.path.abspath(encoder_dir), data=dataset.source)
+    output = FLAGS.output or os.path.join(FLAGS.workdir or encoder_dir, "eval_frozen.json")
+    with open(output, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"{format_results(results)} -> {output}")
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "A finished run's workdir (its encoder/ and config.json).")
+    flags.DEFINE_string("encoder", None, "An exported encoder directory (WORKDIR/encoder).")
+    flags.DEFINE_string("data", None, "A local data copy; default: the run's config.data.path, else TFDS/download.")
+    flags.DEFINE_string("dataset", None, "cifar10 or cifar100; default: the run's config.data.name.")
+    flags.DEFINE_integer("knn_k", None, "kNN neighbours; default: the run's config.eval.knn_k.")
+    flags.DEFINE_integer("linear_epochs", None, "Linear-probe epochs; default: the run's config.eval.linear_epochs.")
+    flags.DEFINE_integer("max_train_examples", None, "Train subset for kNN/linear (0: all); default: the run's.")
+    flags.DEFINE_string("output", None, "Where to write the results; default DIR/eval_frozen.json.")
+
+
+if __name__ == "__main__":
+    import os as _os
+
+    from absl import app
+
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _define_flags()
+    app.run(main)

@@ -211,20 +211,24 @@ def tico_loss(z1, z2, cov, beta=0.9, rho=8.0, axis_name=None):
     return inv + rho * contrast, {"invariance": inv, "covariance": contrast, "cov": new_cov}
 
 
-def vicreg_tico_loss(z1, z2, cov, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4,
+def vicreg_tico_loss(z1, z2, cov, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1000.0, beta=0.9, eps=1e-4,
                      axis_name=None):
     """VICReg with its covariance term replaced by TiCo's covariance contrast.
 
-    ``L = sim_coeff * s(Z, Z') + std_coeff * [v(Z) + v(Z')] / 2 + cov_coeff * mean_i z1_iᵀ C_t z1_i``
-    with ``C_t = beta C_{t-1} + (1 - beta) z1ᵀz1 / N`` on the raw (un-normalised)
-    projections: the contrast penalises energy along the running principal
-    directions instead of only the off-diagonal covariance. Gradient and
-    multi-device handling as ``tico_loss``; the new C_t is ``aux['cov']``.
+    ``L = sim_coeff * s(Z, Z') + std_coeff * [v(Z) + v(Z')] / 2 + cov_coeff * mean_i ẑ1_iᵀ C_t ẑ1_i``
+    with ``C_t = beta C_{t-1} + (1 - beta) Ẑ1ᵀẐ1 / N`` and ``ẑ = z / ||z||``: VICReg's invariance and variance
+    terms on the raw projections, TiCo's contrast (its Eq. 4 term, on L2-normalised projections as TiCo defines
+    it) in place of VICReg's off-diagonal covariance. On raw projections the contrast grows with the fourth power
+    of their scale (at initialisation it was 1.6e4 with a gradient 3500x the invariance term's, and training went
+    to NaN within 20 steps, docs/learning_check.md); normalised it lies in [1/D, 1]. The default ``cov_coeff``
+    keeps TiCo's balance of contrast to invariance: near agreement VICReg's ``sim_coeff * mse`` is about
+    ``2 * sim_coeff`` times TiCo's ``-cos``, so ``cov_coeff = 2 * sim_coeff * rho`` with TiCo's rho = 20.
+    Gradient and multi-device handling as ``tico_loss``; the new C_t is ``aux['cov']``.
     """
     z1, z2 = _gather(_f32(z1), axis_name), _gather(_f32(z2), axis_name)
     inv = _vicreg_invariance(z1, z2)
     var = _vicreg_variance(z1, z2, eps)
-    contrast, new_cov = _tico_contrast(z1, cov, beta)
+    contrast, new_cov = _tico_contrast(_l2_normalize(z1), cov, beta)
     loss = sim_coeff * inv + std_coeff * var + cov_coeff * contrast
     return loss, {"invariance": inv, "variance": var, "covariance": contrast, "cov": new_cov}
 

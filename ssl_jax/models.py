@@ -322,6 +322,7 @@ class SSLNet(nn.Module):
     stem: str = "cifar"
     projector_hidden: Sequence[int] = (512,)
     projection_dim: int = 128
+    projector_last_bn: bool = False
     predictor_hidden: Sequence[int] = ()
     predictor_dim: int = 0
     dtype: Any = jnp.float32
@@ -338,7 +339,8 @@ class SSLNet(nn.Module):
         feats = ResNet(*_arch(self.backbone), width=self.width, stem=self.stem,
                        dtype=self.dtype, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl,
                        name="backbone")(x, train, num_views).astype(jnp.float32)
-        proj = head(tuple(self.projector_hidden), self.projection_dim, name="projector")(
+        proj = head(tuple(self.projector_hidden), self.projection_dim, last_bn=self.projector_last_bn,
+                    name="projector")(
             feats, train, num_views)
         out = {"features": feats, "projection": proj}
         if self.has_predictor and use_predictor:
@@ -364,7 +366,7 @@ def _arch(name: str) -> tuple[tuple[int, ...], str]:
 def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
                  bn_axis_name: str | None = None, conv_impl: str | None = None) -> SSLNet:
     """SSLNet from a ConfigDict / mapping (name, width, stem, projector_hidden, projection_dim,
-    predictor_hidden, predictor_dim); missing keys take SSLNet's defaults."""
+    projector_last_bn, predictor_hidden, predictor_dim); missing keys take SSLNet's defaults."""
     d = SSLNet.__dataclass_fields__
     get = lambda k, field: model_cfg.get(k, d[field].default)  # noqa: E731
     return SSLNet(
@@ -373,6 +375,7 @@ def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
         stem=get("stem", "stem"),
         projector_hidden=tuple(int(h) for h in get("projector_hidden", "projector_hidden")),
         projection_dim=int(get("projection_dim", "projection_dim")),
+        projector_last_bn=bool(get("projector_last_bn", "projector_last_bn")),
         predictor_hidden=tuple(int(h) for h in get("predictor_hidden", "predictor_hidden")),
         predictor_dim=int(get("predictor_dim", "predictor_dim")),
         dtype=parse_dtype(dtype) if isinstance(dtype, str) else dtype,

@@ -2,6 +2,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -30,6 +31,53 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def scale_by_clipped_trust_ratio(trust_coefficient, learning_rate, mask, eps=0.0):
+    """LARS's trust ratio clipped so that no layer's step exceeds plain SGD's (LARC's clip mode, as solo-learn's
+    LARS with `clip_lr: True`, which every solo-learn CIFAR recipe sets).
+
+    With ``r = eta ||p|| / ||u||`` (u the update so far, weight decay included) the update becomes
+    ``min(r / lr_t, 1) u``; the learning rate applied after it makes the step ``min(r, lr_t) u``. Unclipped LARS
+    takes steps of ``lr_t eta ||p||`` per layer however small the gradient: with lr 1.0 and eta 0.02 that is 2% of
+    every weight matrix per step (20% with momentum 0.9), which kept BYOL and TiCo from learning in short runs
+    (docs/learning_check.md). Parameters outside `mask` (biases, BatchNorm) pass through, as in LARS.
+    """
+
+    def init_fn(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params):
+        lr = learning_rate(state.count)
+
+        def scale(update, param, use):
+            if not use:
+                return update
+            param_norm, update_norm = jnp.linalg.norm(param), jnp.linalg.norm(update)
+            ratio = trust_coefficient * param_norm / (update_norm + eps)
+            ratio = jnp.where((param_norm > 0) & (update_norm > 0), ratio, 1.0)
+            clipped = jnp.where(lr > 0, jnp.minimum(ratio / jnp.maximum(lr, 1e-30), 1.0), 1.0)
+            return update * clipped.astype(update.dtype)
+
+        updates = jax.tree.map(scale, updates, params, mask(params))
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def lars(schedule, weight_decay, trust_coefficient, momentum, clip_lr=False):
+    """optax.lars (You et al. 2017) with biases and BatchNorm parameters left out of weight decay and of the
+    trust ratio; with `clip_lr` the trust ratio is clipped (`scale_by_clipped_trust_ratio`)."""
+    if not clip_lr:
+        return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay_mask,
+                          trust_coefficient=trust_coefficient, trust_ratio_mask=decay_mask, momentum=momentum)
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=decay_mask),
+        scale_by_clipped_trust_ratio(trust_coefficient, schedule, decay_mask),
+        optax.scale_by_learning_rate(schedule),
+        optax.trace(decay=momentum),
+    )
+
+
 def make_optimizer(opt_config, batch_size, steps_per_epoch, total_steps):
     """Builds the optax transformation and its schedule from `config.optimizer`."""
     peak_lr = scaled_learning_rate(opt_config.base_lr, batch_size, opt_config.lr_scaling)
@@ -37,9 +85,8 @@ def make_optimizer(opt_config, batch_size, steps_per_epoch, total_steps):
     schedule = learning_rate_schedule(peak_lr, warmup_steps, total_steps)
     name = opt_config.name
     if name == "lars":
-        tx = optax.lars(schedule, weight_decay=opt_config.weight_decay, weight_decay_mask=decay_mask,
-                        trust_coefficient=opt_config.trust_coefficient, trust_ratio_mask=decay_mask,
-                        momentum=opt_config.momentum)
+        tx = lars(schedule, opt_config.weight_decay, opt_config.trust_coefficient, opt_config.momentum,
+                  clip_lr=opt_config.clip_lr)
     elif name == "sgd":
         tx = optax.chain(optax.add_decayed_weights(opt_config.weight_decay, mask=decay_mask),
                          optax.sgd(schedule, momentum=opt_config.momentum))

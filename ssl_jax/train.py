@@ -25,6 +25,7 @@ from ssl_jax import sharding
 from ssl_jax import train_step
 
 EVAL_FILE = "eval.json"
+CONFIG_FILE = "config.json"  # the run's full config, read back by `python -m ssl_jax.evaluate --workdir`
 
 
 def log(message):
@@ -149,27 +150,17 @@ def make_encode_fn(net, params, batch_stats):
 
 
 def evaluate_state(exp, state, linear=True):
-    """kNN (and optionally linear) evaluation of the backbone on frozen features."""
-    config, dataset = exp.config, exp.dataset
+    """kNN (and optionally linear) evaluation of the state's backbone on frozen features."""
     host_state = local_copy(exp.dp.get_state(state))
     encode = make_encode_fn(exp.net, host_state.params, host_state.batch_stats)
-    train = dataset.train
-    limit = config.eval.max_train_examples
-    if limit and limit < len(train.labels):
-        idx = np.random.default_rng(config.seed).permutation(len(train.labels))[:limit]
-        train = data.Split(train.images[idx], train.labels[idx])
-    start = time.perf_counter()
-    train_features = evaluate.extract_features(encode, train.images, config.eval.batch_size)
-    test_features = evaluate.extract_features(encode, dataset.test.images, config.eval.batch_size)
-    results = {"knn_top1": evaluate.knn_accuracy(
-        train_features, train.labels, test_features, dataset.test.labels, dataset.num_classes,
-        k=config.eval.knn_k, temperature=config.eval.knn_temperature)}
-    if linear:
-        results.update(evaluate.linear_eval(
-            train_features, train.labels, test_features, dataset.test.labels, dataset.num_classes,
-            epochs=config.eval.linear_epochs, batch_size=config.eval.linear_batch_size, seed=config.seed))
-    results["eval_seconds"] = time.perf_counter() - start
-    return results
+    return evaluate.evaluate_backbone(encode, exp.dataset, exp.config.eval, exp.config.seed, linear=linear)
+
+
+def evaluate_random_init(exp, linear=True):
+    """The same evaluation of the network as it was before training (the config's seed): the baseline a
+    self-supervised method must beat. Keys get the suffix '_random_init'."""
+    results = evaluate_state(exp, exp.dp.put_state(initial_state(exp)), linear=linear)
+    return {f"{k}_random_init": v for k, v in results.items() if k != "eval_seconds"}
 
 
 def restore_or_init(exp, checkpointer):
@@ -252,6 +243,9 @@ def train_and_evaluate(config, workdir, dataset=None):
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     exp = build_experiment(config, dataset)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json(indent=2))
     log(f"Data: {exp.dataset.source}; {len(exp.dataset.train.labels)} train / "
         f"{len(exp.dataset.test.labels)} test images, {exp.dataset.num_classes} classes.")
     state = train(exp, workdir)
@@ -260,11 +254,13 @@ def train_and_evaluate(config, workdir, dataset=None):
                               config.model)
     log("Evaluating the frozen backbone (kNN and linear)...")
     results = evaluate_state(exp, state)
+    if config.eval.random_init:
+        log("Evaluating the same network at random initialisation (the baseline)...")
+        results.update(evaluate_random_init(exp))
     results.update(step=int(host_state.step), method=config.method, model=config.model.name,
                    width=config.model.width, batch_size=config.batch_size)
     write_results(workdir, results)
     if jax.process_index() == 0:
         metrics_log.plot_loss(workdir, title=f"{config.method} {config.model.name}")
-    log(f"Results: knn_top1={results['knn_top1']:.4f} linear_top1={results['linear_top1']:.4f} "
-        f"linear_top5={results['linear_top5']:.4f} -> {os.path.join(workdir, EVAL_FILE)}")
+    log(f"Results: {evaluate.format_results(results)} -> {os.path.join(workdir, EVAL_FILE)}")
     return results

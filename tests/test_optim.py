@@ -73,3 +73,28 @@ def test_unknown_optimizer_and_scaling_are_rejected():
         optim.make_optimizer(_opt_config(name="adam"), 256, 10, 100)
     with pytest.raises(ValueError, match="lr_scaling='sqrt'"):
         optim.scaled_learning_rate(1.0, 256, "sqrt")
+
+
+@pytest.mark.parametrize("trust_coefficient", [0.001, 10.0])
+def test_clipped_lars_steps_no_further_than_sgd(trust_coefficient):
+    """LARS with clip_lr against a NumPy reference of LARC's clip (solo-learn's lars.py): the kernel's update is
+    lr * min(eta ||w|| / ||g + wd w|| / lr, 1) * (g + wd w), so it never exceeds plain SGD's; a bias gets lr * g.
+    eta 0.001 leaves the ratio under the clip, eta 10 hits it."""
+    config = _opt_config(name="lars", warmup_epochs=0.0, weight_decay=0.01, base_lr=0.5, momentum=0.9,
+                         trust_coefficient=trust_coefficient, clip_lr=True)
+    tx, schedule = optim.make_optimizer(config, batch_size=256, steps_per_epoch=10, total_steps=100)
+    rng = np.random.default_rng(1)
+    params = {"k": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
+    grads = {"k": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
+    state = tx.init(params)
+    w, g = np.asarray(params["k"], np.float64), np.asarray(grads["k"], np.float64)
+    velocity, bias_velocity = np.zeros_like(w), np.zeros(4)
+    for step in range(2):  # the second step checks the momentum and the schedule's count
+        updates, state = tx.update(grads, state, params)
+        lr = float(schedule(step))
+        g_wd = g + 0.01 * w
+        ratio = trust_coefficient * np.linalg.norm(w) / np.linalg.norm(g_wd)
+        velocity = 0.9 * velocity + lr * min(ratio / lr, 1.0) * g_wd
+        bias_velocity = 0.9 * bias_velocity + lr * np.asarray(grads["b"], np.float64)
+        np.testing.assert_allclose(updates["k"], -velocity, rtol=1e-4)
+        np.testing.assert_allclose(updates["b"], -bias_velocity, rtol=1e-4)

@@ -144,9 +144,9 @@ def test_step_on_ready_views_is_the_step_without_its_augmentation():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def _main(*args, **kwargs):
+def _main(*args, module="ssl_jax.main", **kwargs):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "ssl_jax.main", *args], cwd=helpers.REPO, env=env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=helpers.REPO, env=env,
                           capture_output=True, text=True, timeout=900, **kwargs)
 
 
@@ -161,9 +161,33 @@ def test_command_line_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 4/4" in result.stdout
     eval_json = json.loads((workdir / "eval.json").read_text())
-    assert set(eval_json) >= {"knn_top1", "linear_top1", "linear_top5"}
+    assert set(eval_json) >= {"knn_top1", "linear_top1", "linear_top5", "knn_top1_random_init",
+                              "linear_top1_random_init", "linear_top5_random_init"}
+    assert "(random init " in result.stdout
     again = _main(*args)
     assert again.returncode == 0 and "Resuming from the checkpoint at step 4" in again.stdout
+
+    # The saved encoder, evaluated again from the command line with the run's own settings, gives eval.json's
+    # figures (same features, same kNN, same seeded linear probe).
+    evaluated = _main(f"--workdir={workdir}", module="ssl_jax.evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    frozen = json.loads((workdir / "eval_frozen.json").read_text())
+    for key in ("knn_top1", "linear_top1", "linear_top5"):
+        assert frozen[key] == pytest.approx(eval_json[key], abs=1e-6), key
+    assert f"knn_top1={frozen['knn_top1']:.4f}" in evaluated.stdout
+    by_encoder = _main(f"--encoder={workdir / 'encoder'}", f"--data={folder}", "--knn_k=3", "--linear_epochs=1",
+                       f"--output={tmp_path / 'e.json'}", module="ssl_jax.evaluate")
+    assert by_encoder.returncode == 0, by_encoder.stderr[-3000:]
+    assert 0.0 <= json.loads((tmp_path / "e.json").read_text())["knn_top1"] <= 1.0
+
+
+def test_evaluate_command_rejects_a_directory_without_an_encoder(tmp_path):
+    result = _main(f"--workdir={tmp_path}", module="ssl_jax.evaluate")
+    assert result.returncode != 0 and "holds no exported encoder" in result.stderr
+    result = _main(f"--encoder={tmp_path}", module="ssl_jax.evaluate")
+    assert result.returncode != 0 and "is not an exported encoder" in result.stderr
+    result = _main(module="ssl_jax.evaluate")
+    assert result.returncode != 0 and "--workdir=DIR" in result.stderr
 
 
 def test_command_line_on_mock_data_in_process(tmp_path, monkeypatch):

@@ -1,0 +1,84 @@
+"""The learning check's machinery on small synthetic data (the check itself runs on real CIFAR-10 in .ci/run)."""
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import helpers
+from ssl_jax import learning_check
+from ssl_jax import train
+
+SMALL = ("batch_size=32", "model.projector_hidden=[32]", "model.projection_dim=16", "eval.knn_k=5",
+         "eval.linear_epochs=2", "eval.batch_size=64")
+
+
+def test_every_method_has_a_config_of_its_own():
+    from ssl_jax import methods
+
+    assert sorted(learning_check.METHOD_CONFIGS) == sorted(methods.METHODS)
+    for method, name in learning_check.METHOD_CONFIGS.items():
+        assert learning_check.load_config(name).method == method
+
+
+def test_check_config_shrinks_the_method_config_and_keeps_its_recipe():
+    config = learning_check.check_config("byol", steps=50, width=8)
+    recipe = learning_check.load_config("byol_cifar")
+    assert (config.model.width, config.batch_size, config.num_train_steps) == (8, 256, 50)
+    assert config.model.projector_hidden == recipe.model.projector_hidden
+    assert config.optimizer.base_lr == recipe.optimizer.base_lr
+    assert config.optimizer.warmup_epochs * (50000 // 256) == pytest.approx(5.0)
+    overridden = learning_check.check_config("tico", overrides=["loss.rho=3", "model.projector_hidden=[16, 8]"])
+    assert overridden.loss.rho == 3.0 and overridden.model.projector_hidden == (16, 8)
+
+
+def test_check_method_compares_with_the_network_at_random_initialisation():
+    dataset = helpers.synthetic_dataset(num_train=96, num_test=40)
+    lines = []
+    result = learning_check.check_method("simclr", dataset, margin=-1.0, steps=3, width=4, overrides=SMALL,
+                                         print_fn=lines.append)
+    config = learning_check.check_config("simclr", 3, 4, SMALL)
+    exp = train.build_experiment(config, dataset)
+    baseline = train.evaluate_random_init(exp)
+    assert result["knn_top1_random_init"] == pytest.approx(baseline["knn_top1_random_init"])
+    assert result["linear_top1_random_init"] == pytest.approx(baseline["linear_top1_random_init"])
+    assert [step for step, _, _ in result["losses"]] == [3] and result["passed"] and result["failure"] == ""
+    assert result["knn_gain"] == pytest.approx(result["knn_top1"] - result["knn_top1_random_init"])
+    assert lines and "step 3/3" in lines[-1]
+    table = learning_check.markdown_table([result], margin=0.04)
+    assert "| simclr |" in table and "learns" in table
+
+
+def test_a_diverging_run_fails_the_check():
+    dataset = helpers.synthetic_dataset(num_train=96, num_test=40)
+    result = learning_check.check_method("simclr", dataset, margin=-1.0, steps=3, width=4,
+                                         overrides=SMALL + ("optimizer.name=\"sgd\"", "optimizer.base_lr=1e25"),
+                                         print_fn=lambda line: None)
+    assert not math.isfinite(result["losses"][-1][1])
+    assert result["failure"] == "NaN loss" and not result["passed"]
+    assert "NaN loss" in learning_check.markdown_table([result], margin=0.04)
+
+
+def test_random_init_backbone_is_the_same_for_every_method():
+    """One seed gives one initial backbone whatever the heads: the baseline is the same network for all methods."""
+    dataset = helpers.synthetic_dataset(num_train=32, num_test=8)
+    backbones = []
+    for method, extra in (("simclr", ()), ("byol", ("model.predictor_hidden=[32]", "model.predictor_dim=16")),
+                          ("vicreg", ())):
+        exp = train.build_experiment(learning_check.check_config(method, 2, 4, SMALL + extra), dataset)
+        backbones.append(train.local_copy(train.initial_state(exp)).params["backbone"])
+    for other in backbones[1:]:
+        for a, b in zip(jax.tree.leaves(backbones[0]), jax.tree.leaves(other)):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("losses, gain, expected", [
+    ([(20, 5.8, 0.08), (40, 5.5, 0.08), (60, 5.4, 0.08)], 0.09, ""),
+    ([(20, 5.8, 0.08), (40, 5.5, 0.08), (60, 5.4, 0.08)], 0.03, "kNN gain < 4%"),
+    ([(20, 5.8, 0.08), (40, float("nan"), 0.08), (60, 5.4, 0.08)], 0.09, "NaN loss"),
+    ([(20, -0.1, 0.02), (40, -0.6, 0.01), (60, -0.9, 0.005)], 0.09, "collapsed"),
+    ([(20, 0.14, 0.05), (40, 0.36, 0.05), (60, 0.79, 0.05)], 0.09, "loss rising"),
+    ([(20, 21.7, 0.02), (40, 21.0, 0.02), (60, 21.5, 0.02)], 0.09, ""),  # within 5% of its size
+])
+def test_verdict(losses, gain, expected):
+    assert learning_check.verdict(losses, gain, projection_dim=256, margin=0.04) == expected
