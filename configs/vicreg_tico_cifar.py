@@ -6,8 +6,8 @@ No published recipe exists for this hybrid; it is our choice to run VICReg's CIF
 weight decay 1e-4, eta 0.02, projector 2048-2048 -> 2048, weights 25/25/1, its symmetric views: crop (0.2, 1.0),
 jitter 0.4/0.4/0.2/0.1 p=0.8, grayscale 0.2, no blur, solarize 0.1) with TiCo's running-covariance decay beta 0.9.
 Both branches go through the online network (no EMA target). The contrast is TiCo's, on L2-normalised projections
-(on raw ones it overflowed: NaN within 20 steps, docs/learning_check.md); its weight cov_coeff = 2 x sim_coeff x
-rho keeps TiCo's balance of contrast against invariance (losses.vicreg_tico_loss).
+(on raw ones it overflowed: NaN within 20 steps, docs/learning_check.md); its weight cov_coeff 400 gives it the
+gradient VICReg's covariance term has at initialisation (losses.vicreg_tico_loss).
 
     python -m ssl_jax.main --config=configs/vicreg_tico_cifar.py --workdir=/tmp/vicreg_tico
     python -m ssl_jax.main --config=configs/vicreg_tico_cifar.py:smoke --workdir=/tmp/smoke
@@ -24,7 +24,7 @@ def get_config(arg=None):
     config.loss = ml_collections.ConfigDict(dict(
         sim_coeff=25.0,                          # VICReg paper lambda; solo-learn sim_loss_weight
         std_coeff=25.0,                          # VICReg paper mu; solo-learn var_loss_weight
-        cov_coeff=1000.0,                        # our choice: 2 x sim_coeff x TiCo's rho 20 (losses.vicreg_tico_loss)
+        cov_coeff=400.0,                         # our choice: VICReg's covariance gradient at init (losses.vicreg_tico_loss)
         beta=0.9,                                # TiCo paper: running-covariance decay
         eps=1e-4,                                # VICReg paper: std = sqrt(Var + 1e-4)
     ))

@@ -389,6 +389,7 @@ def main(argv):
     import sys
 
     from absl import flags
+    from absl import logging
 
     from ssl_jax import augment
     from ssl_jax import checkpoint
@@ -397,6 +398,8 @@ def main(argv):
     from ssl_jax import runtime
 
     FLAGS = flags.FLAGS
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
     if not (FLAGS.workdir or FLAGS.encoder):

@@ -89,7 +89,7 @@ def ref_tico(z1, z2, cov, beta=0.9, rho=8.0, return_cov=False):
     return (loss, c) if return_cov else loss
 
 
-def ref_vicreg_tico(z1, z2, cov, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1000.0, beta=0.9, eps=1e-4,
+def ref_vicreg_tico(z1, z2, cov, sim_coeff=25.0, std_coeff=25.0, cov_coeff=400.0, beta=0.9, eps=1e-4,
                     return_cov=False):
     contrast, c = np_contrast(np_normalize(z1), cov, beta)
     loss = sim_coeff * np.mean((z1 - z2) ** 2) + std_coeff * np_vicreg_var(z1, z2, eps) + cov_coeff * contrast
