@@ -93,12 +93,16 @@ def _probe_loss(probe, probe_params, features, labels):
     return loss, (logits.argmax(-1) == labels).mean()
 
 
-def normalized_std(z):
-    """SimSiam's collapse indicator (Chen & He 2021, Sec. 4.1): the per-channel standard deviation over the batch
-    of the L2-normalised outputs, averaged over channels; about 1/sqrt(d) when healthy, 0 when collapsed."""
+def normalized_std(z, axis_name=None):
+    """SimSiam's collapse indicator (Chen & He 2021, Sec. 4.1): the per-channel standard deviation over the global
+    batch of the L2-normalised outputs, averaged over channels; about 1/sqrt(d) when healthy, 0 when collapsed.
+    The moments are averaged over `axis_name`, so every device count gives the same figure."""
     z = z.astype(jnp.float32)
     z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-    return jnp.mean(jnp.std(z, axis=0))
+    moments = jnp.stack([jnp.mean(z, axis=0), jnp.mean(jnp.square(z), axis=0)])
+    if axis_name is not None:
+        moments = lax.pmean(moments, axis_name)
+    return jnp.mean(jnp.sqrt(jnp.maximum(moments[1] - jnp.square(moments[0]), 0.0)))
 
 
 def _scalar_metrics(aux):
@@ -156,7 +160,7 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_con
         probe_updates, probe_opt_state = probe_tx.update(probe_grads, state.probe_opt_state, state.probe_params)
 
         metrics = dict(_scalar_metrics(aux), loss=loss, probe_loss=probe_loss, probe_accuracy=probe_acc,
-                       projection_std=normalized_std(proj1))
+                       projection_std=normalized_std(proj1, axis_name))
         metrics = lax.pmean(metrics, axis_name)
         metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
         if method.ema_target:

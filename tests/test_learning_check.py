@@ -82,3 +82,13 @@ def test_random_init_backbone_is_the_same_for_every_method():
 ])
 def test_verdict(losses, gain, expected):
     assert learning_check.verdict(losses, gain, projection_dim=256, margin=0.04) == expected
+
+
+def test_normalized_std_against_numpy():
+    from ssl_jax import train_step
+
+    z = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32) + 3.0
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    np.testing.assert_allclose(train_step.normalized_std(z), zn.std(axis=0).mean(), rtol=1e-5)
+    collapsed = np.tile(z[:1], (64, 1))
+    assert float(train_step.normalized_std(collapsed)) < 1e-3
