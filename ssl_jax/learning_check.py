@@ -47,15 +47,19 @@ LOSS_RISE_TOLERANCE = 0.05
 QUIET_METRICS = ("loss", "probe_loss", "learning_rate", "ema_decay")  # not printed per log line
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", None, "A local CIFAR-10 copy (e.g. ../shared/data/cifar10-jpeg.tar.gz).")
-flags.DEFINE_list("methods", list(METHOD_CONFIGS), f"Methods to check: {', '.join(METHOD_CONFIGS)}.")
-flags.DEFINE_integer("steps", DEFAULT_STEPS, "Training steps per method (batch 256).")
-flags.DEFINE_float("margin", DEFAULT_MARGIN, "kNN top-1 a method must gain over random initialisation.")
-flags.DEFINE_integer("width", 8, "ResNet-18 base width.")
-flags.DEFINE_string("workdir", "/tmp/ssl_jax_learning_check", "Where results.json and results.md go.")
-flags.DEFINE_list("set", [], "Extra config overrides for every method, as key=value (e.g. loss.rho=20).")
-flags.DEFINE_string("report", None, "Instead of checking: print a table of the eval.json in DIR/<method>/ "
-                    "(the runs of launch/compare_methods.sh).")
+
+
+def _define_flags():
+    """The command line's flags, defined only when run as a program (tests import this module beside others)."""
+    flags.DEFINE_string("data", None, "A local CIFAR-10 copy (e.g. ../shared/data/cifar10-jpeg.tar.gz).")
+    flags.DEFINE_list("methods", list(METHOD_CONFIGS), f"Methods to check: {', '.join(METHOD_CONFIGS)}.")
+    flags.DEFINE_integer("steps", DEFAULT_STEPS, "Training steps per method (batch 256).")
+    flags.DEFINE_float("margin", DEFAULT_MARGIN, "kNN top-1 a method must gain over random initialisation.")
+    flags.DEFINE_integer("width", 8, "ResNet-18 base width.")
+    flags.DEFINE_string("workdir", "/tmp/ssl_jax_learning_check", "Where results.json and results.md go.")
+    flags.DEFINE_list("set", [], "Extra config overrides for every method, as key=value (e.g. loss.rho=20).")
+    flags.DEFINE_string("report", None, "Instead of checking: print a table of the eval.json in DIR/<method>/ "
+                        "(the runs of launch/compare_methods.sh).")
 
 
 def load_config(name, arg=None):
@@ -247,4 +251,5 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _define_flags()
     app.run(main)
