@@ -107,6 +107,32 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     return config
 
 
+def make_projection_std_fn(exp, num_images=512):
+    """state -> SimSiam's collapse indicator (`train_step.normalized_std`) of the projections of the first
+    `num_images` train images, unaugmented, in eval mode. Computed here, outside the train step, so that the step
+    (and its float rounding) stays what it is."""
+    import jax
+    import jax.numpy as jnp
+
+    from ssl_jax import augment
+    from ssl_jax import train
+    from ssl_jax import train_step
+
+    images = exp.dataset.train.images[:num_images]
+
+    @jax.jit
+    def projection_std(params, batch_stats):
+        x = augment.normalize(jnp.asarray(images, jnp.float32) / 255.0)
+        out = exp.net.apply({"params": params, "batch_stats": batch_stats}, x, train=False, use_predictor=False)
+        return train_step.normalized_std(out["projection"])
+
+    def fn(state):
+        host = train.local_copy(exp.dp.get_state(state))
+        return float(projection_std(host.params, host.batch_stats))
+
+    return fn
+
+
 def train_logged(exp, state, step_fn, log_every=20, print_fn=print):
     """Runs exp.total_steps steps from `state`; returns (state, [(step, loss, projection_std), ...]) for the
     steps at every `log_every`, fetched as the loop goes."""
@@ -114,12 +140,14 @@ def train_logged(exp, state, step_fn, log_every=20, print_fn=print):
     from ssl_jax import train
 
     losses = []
+    projection_std = make_projection_std_fn(exp)
     batches = sharding.prefetch(train.host_batches(exp, 0), exp.dp.put_batch, 2)
     start = time.perf_counter()
     for step in range(1, exp.total_steps + 1):
         state, metrics = step_fn(state, next(batches))
         if step % log_every == 0 or step == exp.total_steps:
             scalars = {k: float(v) for k, v in exp.dp.get_metrics(metrics).items()}
+            scalars["projection_std"] = projection_std(state)
             losses.append((step, scalars["loss"], scalars["projection_std"]))
             terms = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k not in QUIET_METRICS)
             print_fn(f"  step {step}/{exp.total_steps}: loss {scalars['loss']:.4f}, {terms} "

