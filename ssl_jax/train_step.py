@@ -93,16 +93,12 @@ def _probe_loss(probe, probe_params, features, labels):
     return loss, (logits.argmax(-1) == labels).mean()
 
 
-def normalized_std(z, axis_name=None):
-    """SimSiam's collapse indicator (Chen & He 2021, Sec. 4.1): the per-channel standard deviation over the global
-    batch of the L2-normalised outputs, averaged over channels; about 1/sqrt(d) when healthy, 0 when collapsed.
-    The moments are averaged over `axis_name`, so every device count gives the same figure."""
+def normalized_std(z):
+    """SimSiam's collapse indicator (Chen & He 2021, Sec. 4.1): the per-channel standard deviation over the batch
+    of the L2-normalised outputs, averaged over channels; about 1/sqrt(d) when healthy, 0 when collapsed."""
     z = z.astype(jnp.float32)
     z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-    moments = jnp.stack([jnp.mean(z, axis=0), jnp.mean(jnp.square(z), axis=0)])
-    if axis_name is not None:
-        moments = lax.pmean(moments, axis_name)
-    return jnp.mean(jnp.sqrt(jnp.maximum(moments[1] - jnp.square(moments[0]), 0.0)))
+    return jnp.mean(jnp.std(z, axis=0))
 
 
 def _scalar_metrics(aux):

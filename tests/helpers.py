@@ -1,10 +1,10 @@
 """Shared test fixtures: a tiny config for any method and a small learnable synthetic data set."""
-import importlib.util
 import os
 
 import numpy as np
 
 from ssl_jax import data
+from ssl_jax import learning_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
@@ -12,11 +12,7 @@ CONFIG_DIR = os.path.join(REPO, "configs")
 
 def load_config(name, arg="smoke"):
     """configs/<name>.py's get_config(arg), loaded by path as ml_collections' config flag does."""
-    path = os.path.join(CONFIG_DIR, f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return learning_check.load_config(name, arg)
 
 
 def tiny_config(name="simclr_cifar", batch_size=16, steps=4, **overrides):
