@@ -29,20 +29,6 @@ flags.DEFINE_enum("part", "step", ["step", "views", "augment", "input"],
 flags.DEFINE_integer("num_images", 0, "Size of the random data set (0: 4 global batches).")
 flags.mark_flags_as_required(["config"])
 
-# Dense bf16 peak FLOP/s by device kind (vendor data sheets); MFU is reported only for these.
-PEAK_FLOPS = {
-    "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "V100": 125e12, "T4": 65e12,
-    "TPU v2": 45e12, "TPU v3": 123e12, "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
-    "TPU v5p": 459e12, "TPU v6 lite": 918e12,
-}
-
-
-def peak_flops(device):
-    kind = getattr(device, "device_kind", "")
-    matches = [flops for name, flops in PEAK_FLOPS.items() if name.lower() in kind.lower()]
-    return max(matches) if matches else None
-
-
 def random_dataset(config, num_images):
     from ssl_jax import data
 
@@ -65,7 +51,9 @@ def time_calls(fn, steps, warmup):
     return times
 
 
-def flops_of(compiled):
+def xla_flops_of(compiled):
+    """FLOPs of one device's program by XLA's cost analysis (None where the backend gives none). It depends on
+    the backend: XLA's GPU analysis leaves out the convolutions (issue 15); `gflops_per_step` is `flops.py`'s."""
     try:
         analysis = compiled.cost_analysis()
     except Exception:  # some backends do not report costs
@@ -73,6 +61,22 @@ def flops_of(compiled):
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else None
     return float(analysis["flops"]) if analysis and analysis.get("flops") else None
+
+
+def flops_fields(model_flops, xla_flops, step_seconds, devices):
+    """The record's FLOPs fields: `gflops_per_step`, `tflops_per_sec` and `mfu` from flops.py's count of the
+    whole step on all devices (MFU against the devices' dense bf16 peak, None where none is listed, as on CPUs),
+    and `xla_gflops_per_step`, XLA's cost analysis of the same step (backend-dependent; None where unavailable)."""
+    from ssl_jax import flops
+
+    if not model_flops:
+        return {}
+    peak = flops.peak_flops(devices[0])
+    rate = model_flops / step_seconds
+    return dict(gflops_per_step=round(model_flops / 1e9, 4), tflops_per_sec=round(rate / 1e12, 4),
+                mfu=round(rate / (peak * len(devices)), 4) if peak else None,
+                peak_tflops_per_device=peak / 1e12 if peak else None,
+                xla_gflops_per_step=round(xla_flops / 1e9, 4) if xla_flops else None)
 
 
 def peak_memory(devices):
@@ -84,7 +88,7 @@ def bench_step(exp, steps, warmup, ready_views=False):
     """Compiles and times the full train step (with `ready_views`, the step without its augmentation, on views
     made beforehand); returns the step-specific fields."""
     import jax
-    from ssl_jax import data, train
+    from ssl_jax import data, flops, train
 
     state = exp.dp.put_state(train.initial_state(exp))
     step_fn = train.make_step_fn(exp, ready_views=ready_views)
@@ -93,6 +97,7 @@ def bench_step(exp, steps, warmup, ready_views=False):
         make_views = _mapped_augmentation(exp)
         batches = [{"views": make_views(b), "label": b["label"]} for b in batches]
         jax.block_until_ready(batches)
+    model_flops = flops.count_flops(step_fn, state, batches[0]).total
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0]).compile() if hasattr(step_fn, "lower") else None
     if compiled is None:  # pmap: compile by running once
@@ -108,8 +113,9 @@ def bench_step(exp, steps, warmup, ready_views=False):
         jax.block_until_ready(metrics)
 
     times = time_calls(one_step, steps, warmup)
-    return dict(compile_s=compile_s, times=times,
-                flops=flops_of(compiled) if exp.dp.mode == "shard_map" else None)
+    xla_flops = xla_flops_of(compiled) if exp.dp.mode == "shard_map" else None
+    return dict(compile_s=compile_s, times=times, flops=model_flops,
+                xla_flops=xla_flops * exp.dp.num_devices if xla_flops else None)
 
 
 def _mapped_augmentation(exp):
@@ -123,15 +129,16 @@ def _mapped_augmentation(exp):
 
 def bench_augment(exp, steps, warmup):
     import jax
-    from ssl_jax import data
+    from ssl_jax import data, flops
 
     fn = _mapped_augmentation(exp)
     batch = exp.dp.put_batch(data.host_batch(exp.dataset.train, 0, exp.config.batch_size, 0))
+    model_flops = flops.count_flops(fn, batch).total
     start = time.perf_counter()
     jax.block_until_ready(fn(batch))
     compile_s = time.perf_counter() - start
     times = time_calls(lambda: jax.block_until_ready(fn(batch)), steps, warmup)
-    return dict(compile_s=compile_s, times=times, flops=None)
+    return dict(compile_s=compile_s, times=times, flops=model_flops, xla_flops=None)
 
 
 def bench_input(exp, steps, warmup):
@@ -144,7 +151,7 @@ def bench_input(exp, steps, warmup):
         host = data.host_batch(exp.dataset.train, next(counter), exp.config.batch_size, 0)
         jax.block_until_ready(exp.dp.put_batch(host))
 
-    return dict(compile_s=0.0, times=time_calls(one_batch, steps, warmup), flops=None)
+    return dict(compile_s=0.0, times=time_calls(one_batch, steps, warmup), flops=None, xla_flops=None)
 
 
 def run(config, steps=10, warmup=2, part="step", num_images=0):
@@ -167,12 +174,7 @@ def run(config, steps=10, warmup=2, part="step", num_images=0):
         step_time_ms_min=round(1000 * min(result["times"]), 3), steps=steps,
         images_per_sec=round(config.batch_size / median, 1),
         views_per_sec=round(2 * config.batch_size / median, 1))
-    flops = result["flops"]
-    if flops:
-        total = flops * len(devices)  # cost_analysis counts one device's program
-        peak = peak_flops(devices[0])
-        record.update(gflops_per_step=round(total / 1e9, 2), tflops_per_sec=round(total / median / 1e12, 4),
-                      mfu=round(total / median / (peak * len(devices)), 4) if peak else None)
+    record.update(flops_fields(result["flops"], result["xla_flops"], median, devices))
     record["peak_memory_bytes"] = peak_memory(devices)
     record["xla_flags"] = " ".join(f for f in __import__("os").environ.get("XLA_FLAGS", "").split()
                                    if f.startswith("--xla_cpu")) or None
@@ -195,4 +197,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runtime.run_cli(main)

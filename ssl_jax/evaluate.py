@@ -451,8 +451,8 @@ def _define_flags():
 if __name__ == "__main__":
     import os as _os
 
-    from absl import app
+    from ssl_jax import runtime as _runtime
 
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _define_flags()
-    app.run(main)
+    _runtime.run_cli(main)

@@ -16,7 +16,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 
 from ssl_jax import runtime
@@ -88,6 +87,25 @@ def set_value(config, dotted_key, value):
             pass
         value = tuple(value) if isinstance(current, tuple) else type(current)(value)
     node[leaf] = value
+
+
+def overrides_problem(method, overrides):
+    """One line on the first `key=value` of `overrides` that the method's config has no key for or whose value
+    its type rejects, or None: checked before the data set is loaded."""
+    config = load_config(METHOD_CONFIGS[method])
+    for item in overrides:
+        key, has_value, value = item.partition("=")
+        argument = f"--set={item}"
+        if not has_value:
+            return f"{argument}: expected key=value (e.g. loss.rho=20)."
+        problem = runtime.override_problem(config, key, value, argument=argument)
+        if problem:
+            return problem
+        try:
+            set_value(config, key, value)
+        except (TypeError, ValueError) as e:
+            return runtime.override_problem(config, key, value, error=f"config.{key}: {e}", argument=argument)
+    return None
 
 
 def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
@@ -246,6 +264,10 @@ def main(argv):
     unknown = [m for m in FLAGS.methods if m not in METHOD_CONFIGS]
     if unknown:
         sys.exit(f"error: unknown --methods {unknown}; choose from {', '.join(METHOD_CONFIGS)}.")
+    for method in FLAGS.methods:
+        problem = overrides_problem(method, FLAGS.set)
+        if problem:
+            runtime.exit_with_error(problem)
     if not FLAGS.data:
         sys.exit("error: --data is required: a local CIFAR-10 copy, e.g. ../shared/data/cifar10-jpeg.tar.gz.")
     runtime.configure_xla_cpu("auto")
@@ -280,4 +302,4 @@ def main(argv):
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _define_flags()
-    app.run(main)
+    runtime.run_cli(main)

@@ -44,4 +44,4 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    app.run(main)
+    runtime.run_cli(main)
