@@ -118,6 +118,8 @@ def base_config():
     config.log_every_steps = 50
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 2
+    config.if_no_readable_checkpoint = "stop"  # every checkpoint in the workdir damaged: 'stop' with a message, or
+                                               # 'start_over' from step 0 (README, "When things go wrong")
 
     config.eval = ml_collections.ConfigDict(dict(
         every_epochs=0,              # > 0: kNN accuracy every n epochs during training

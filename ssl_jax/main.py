@@ -38,8 +38,11 @@ def main(argv):
         runtime.configure_cpu_allocator(config.cpu_allocator)
         train.train_and_evaluate(config, FLAGS.workdir)
     except (ValueError, train.data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        runtime.exit_with_error(e)
+    except (train.TrainingDiverged, train.checkpoint.CheckpointError) as e:
+        runtime.exit_with_error(e, status=1)
+    except train.Preempted:
+        sys.exit(runtime.PREEMPTED_EXIT_STATUS)  # train logged the checkpoint it saved
 
 
 if __name__ == "__main__":

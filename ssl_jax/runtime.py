@@ -130,10 +130,10 @@ def run_cli(main, user_errors=()):
 
 
 def exit_with_error(message, status=USAGE_ERROR_STATUS):
-    """Prints `error: <message>` (the first line of an exception's text) to stderr and exits with `status`."""
+    """Prints `error: <message>` (an exception's text) to stderr and exits with `status`."""
     import sys
 
-    print(f"error: {_first_line(message)}", file=sys.stderr, flush=True)
+    print(f"error: {str(message).strip()}", file=sys.stderr, flush=True)
     sys.exit(status)
 
 
@@ -229,3 +229,63 @@ def _first_line(error):
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+PREEMPTED_EXIT_STATUS = 75  # EX_TEMPFAIL (sysexits.h): stopped early with everything saved; run the same command again
+
+
+class PreemptionNotice:
+    """Whether training should save and stop now: SIGTERM or SIGINT reached this process (one process), or, on
+    several processes, JAX's preemption sync point says every process has reached the same agreed step.
+
+    Use as a context manager around the loop and ask `reached(step)` after every step (cheap: a flag, or JAX's
+    local view of its background protocol). On several processes JAX's preemption service owns SIGTERM (it
+    propagates the notice to every process and picks the step), so no handler is installed there and SIGINT
+    keeps its default. A second SIGINT while a save is under way interrupts at once.
+    """
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        import jax
+
+        if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+            return self  # JAX's service owns SIGTERM; Python only lets the main thread install handlers
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        return False
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def reached(self, step):
+        """True at the step to save at: at once after a signal here; on several processes, the agreed step."""
+        import jax
+        from jax.experimental import multihost_utils
+
+        if jax.process_count() > 1:
+            try:
+                if multihost_utils.reached_preemption_sync_point(step):
+                    self.signal_name = self.signal_name or "a preemption notice"
+                    return True
+            except RuntimeError:  # the preemption service is off (jax_enable_preemption_service)
+                pass
+            return False
+        return self.signal_name is not None

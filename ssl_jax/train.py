@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +22,7 @@ from ssl_jax import methods
 from ssl_jax import metrics_log
 from ssl_jax import models
 from ssl_jax import optim
+from ssl_jax import runtime
 from ssl_jax import sharding
 from ssl_jax import train_step
 
@@ -163,13 +165,63 @@ def evaluate_random_init(exp, linear=True):
     return {f"{k}_random_init": v for k, v in results.items() if k != "eval_seconds"}
 
 
+class TrainingDiverged(Exception):
+    """The loss or the train state stopped being finite; nothing non-finite was saved."""
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT (or a multi-host preemption notice): the state was saved at `step`; run again to resume."""
+
+    def __init__(self, message, step):
+        super().__init__(message)
+        self.step = step
+
+
+NO_READABLE_CHECKPOINT_CHOICES = ("stop", "start_over")
+
+
+@jax.jit
+def _finite_parts(state_dict):
+    return {k: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(v)
+                                  if jnp.issubdtype(x.dtype, jnp.inexact)] or [jnp.array(True)]))
+            for k, v in state_dict.items()}
+
+
+def nonfinite_parts(state):
+    """The names of the state's fields (params, opt_state, ...) holding a NaN or inf: one device reduction and one
+    small fetch, done only where a state is saved or restored."""
+    flags = local_copy(_finite_parts(flax.serialization.to_state_dict(state)))
+    return sorted(k for k, finite in flags.items() if not finite)
+
+
+def _unusable_reason(state):
+    parts = nonfinite_parts(state)
+    return f"non-finite values in {', '.join(parts)}" if parts else None
+
+
 def restore_or_init(exp, checkpointer):
-    """The latest checkpoint in the workdir if there is one, else a fresh state; on the devices."""
+    """The newest readable, finite checkpoint in the workdir (newer damaged ones are skipped, said and set aside as
+    STEP.unreadable), else a fresh state; on the devices. With only damaged checkpoints it stops, unless
+    config.if_no_readable_checkpoint is 'start_over'."""
+    choice = exp.config.if_no_readable_checkpoint
+    if choice not in NO_READABLE_CHECKPOINT_CHOICES:
+        raise ValueError(f"config.if_no_readable_checkpoint={choice!r}; use one of {NO_READABLE_CHECKPOINT_CHOICES}.")
     state = initial_state(exp)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state = checkpointer.restore(state, latest)
+    restored, latest, skipped = checkpointer.restore_latest_readable(state, check=_unusable_reason)
+    for step, reason in skipped:
+        log(f"Skipping the checkpoint at step {step} ({reason}); kept as "
+            f"{os.path.join(checkpointer.directory, str(step))}{checkpoint.UNREADABLE_SUFFIX}.")
+    if skipped and restored is None and choice != "start_over":
+        raise checkpoint.CheckpointError(
+            f"no readable checkpoint in {checkpointer.directory} (steps {', '.join(str(s) for s, _ in skipped)}: "
+            f"{skipped[0][1]}); nothing was changed. To start over from step 0 instead, run again with "
+            "--config.if_no_readable_checkpoint=start_over.")
+    checkpointer.set_aside([step for step, _ in skipped])
+    if restored is not None:
         log(f"Resuming from the checkpoint at step {latest}.")
+        state = restored
+    elif skipped:
+        log("No readable checkpoint: starting over from step 0 (config.if_no_readable_checkpoint='start_over').")
     return exp.dp.put_state(state), int(latest or 0)
 
 
@@ -179,10 +231,50 @@ def _fetch(pending):
     return {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
 
 
+def _diverged(exp, checkpointer, step, what):
+    """Waits for the saves in flight (all checked finite) and builds the error naming the last good checkpoint."""
+    checkpointer.close()
+    good = checkpointer.latest_step()
+    kept = (f"the last good checkpoint, step {good}, is kept in {checkpointer.directory}" if good is not None
+            else "no checkpoint had been saved")
+    return TrainingDiverged(
+        f"training diverged: {what} at step {step}; stopped without saving ({kept}). Change the config (e.g. a "
+        f"lower --config.optimizer.base_lr, now {exp.config.optimizer.base_lr}) and run again"
+        + (" to resume from it." if good is not None else "."))
+
+
+def _check_metrics(exp, checkpointer, step, scalars):
+    bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
+    if bad:
+        raise _diverged(exp, checkpointer, step, "non-finite metrics (" +
+                        ", ".join(f"{k}={v}" for k, v in bad.items()) + ")")
+
+
+def _save_if_finite(exp, checkpointer, step, state, force):
+    """Saves the state at `step` unless it holds a NaN or inf (then stops: see `_diverged`)."""
+    state = exp.dp.get_state(state)
+    parts = nonfinite_parts(state)
+    if parts:
+        raise _diverged(exp, checkpointer, step, f"non-finite values in the state's {', '.join(parts)}")
+    if checkpointer.latest_step() != step:
+        checkpointer.save(step, state, force=force)
+
+
+def _stop_preempted(checkpointer, logger, step, signal_name):
+    checkpointer.close()
+    logger.close()
+    message = (f"Stopped by {signal_name} at step {step}: the checkpoint at step {step} is saved in "
+               f"{checkpointer.directory}; run the same command again to resume from it.")
+    log(message)
+    return Preempted(message, step)
+
+
 def train(exp, workdir, stop_after_steps=None):
     """Pretrains from the latest checkpoint (or from scratch) to `total_steps`; returns the final state.
 
     `stop_after_steps` ends this run early at that step (as a preempted job would), after a checkpoint.
+    SIGTERM/SIGINT finish the step in flight, save it and raise `Preempted`; a non-finite loss (checked at each
+    log line) or state (checked before each save) raises `TrainingDiverged` without saving.
     """
     config = exp.config
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every_steps,
@@ -201,19 +293,25 @@ def train(exp, workdir, stop_after_steps=None):
     pending = []
     logger.start(start_step)
     last_step = min(exp.total_steps, stop_after_steps or exp.total_steps)
-    for step in range(start_step + 1, last_step + 1):
-        state, metrics = step_fn(state, next(batches))
-        metrics = exp.dp.get_metrics(metrics)
-        jax.tree.map(lambda x: x.copy_to_host_async(), metrics)
-        pending.append(metrics)
-        if step % config.log_every_steps == 0 or step == last_step:
-            logger.write(step, _fetch(pending))
-            pending = []
-        if step % config.checkpoint_every_steps == 0 or step == last_step:
-            checkpointer.save(step, exp.dp.get_state(state), force=step == last_step)
-        if eval_every and step % eval_every == 0 and step < exp.total_steps:
-            logger.write(step, evaluate_state(exp, state, linear=False), prefix="eval")
-            logger.start(step)
+    with runtime.PreemptionNotice() as notice:
+        for step in range(start_step + 1, last_step + 1):
+            state, metrics = step_fn(state, next(batches))
+            metrics = exp.dp.get_metrics(metrics)
+            jax.tree.map(lambda x: x.copy_to_host_async(), metrics)
+            pending.append(metrics)
+            preempted = notice.reached(step)
+            if step % config.log_every_steps == 0 or step == last_step or preempted:
+                scalars = _fetch(pending)
+                _check_metrics(exp, checkpointer, step, scalars)
+                logger.write(step, scalars)
+                pending = []
+            if step % config.checkpoint_every_steps == 0 or step == last_step or preempted:
+                _save_if_finite(exp, checkpointer, step, state, force=step == last_step or preempted)
+            if preempted:
+                raise _stop_preempted(checkpointer, logger, step, notice.signal_name)
+            if eval_every and step % eval_every == 0 and step < exp.total_steps:
+                logger.write(step, evaluate_state(exp, state, linear=False), prefix="eval")
+                logger.start(step)
     checkpointer.close()
     logger.close()
     return state
@@ -241,7 +339,7 @@ def write_results(workdir, results):
 def train_and_evaluate(config, workdir, dataset=None):
     """Pretrains, exports the encoder, evaluates it and writes WORKDIR/eval.json; returns the results."""
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    checkpoint.check_writable(workdir)
     exp = build_experiment(config, dataset)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, CONFIG_FILE), "w") as f:

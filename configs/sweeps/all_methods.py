@@ -1,0 +1,84 @@
+"""Every method at one budget, side by side, with lightly's and solo-learn's published CIFAR-10 figures.
+
+Each method runs its own config (configs/<method>_cifar.py: ResNet-18, CIFAR stem) at one shared budget: 200 epochs
+at batch 512 by default (lightly's CIFAR-10 benchmark budget, kNN k=200 as ours), `:long` 1000 epochs at batch 256
+(solo-learn's CIFAR-10 budget, linear). TiCo, VICReg+TiCo and SimSiam do not learn yet (issue 12); they run anyway.
+
+    python -m ssl_jax.sweep run --sweep=configs/sweeps/all_methods.py --workdir=/runs/all_methods
+    python -m ssl_jax.sweep run --sweep=configs/sweeps/all_methods.py:cpu --workdir=/tmp/am \
+        --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+
+Published figures (top-1 %, CIFAR-10, ResNet-18 with the CIFAR stem):
+  - lightly (docs/source/getting_started/benchmarks.rst, "CIFAR-10 benchmark results", lightly-ai/lightly
+    e8d317f): kNN top-1 (k=200, the best over all epochs, not the last), without Gaussian blur, at 200 epochs with
+    batch 128 and 512 and at 800 epochs with batch 512. Its "Moco" is MoCo v2 (memory bank), not MoCo v3: left out;
+    it has no VICReg, TiCo or VICReg+TiCo figure for CIFAR-10.
+  - solo-learn (README "Results / CIFAR-10", vturrisi/solo-learn 9187ea3): "Acc@1" after 1000 epochs, batch 256
+    (scripts/pretrain/cifar/*.yaml, one GPU), linear top-1; the README does not say whether it is the online or
+    the offline linear classifier. No TiCo or VICReg+TiCo figure.
+
+Expected time on one H200, from SimCLR ResNet-18's measured 1.2 s per epoch at batch 512 (about 42,000 images/s)
+and the step FLOPs `ssl_jax.bench` counts (docs/sweeps.md): default 8 x 200 = 1,600 epochs, 32 min at SimCLR's rate;
+the other methods' steps count up to 1.3x SimCLR's FLOPs (their wider heads, EMA targets), so about 40 min; plus each
+cell's evaluation (kNN and a 100-epoch linear probe, twice with the random-init baseline). `:long` 8 x 1000 =
+8,000 epochs, 2.7 h at SimCLR's rate, about 3.5 h, more as batch 256 fills the GPU less than 512 (not measured).
+An H100 has less memory bandwidth than an H200: expect longer.
+
+`:cpu`: each method's `:smoke` config (ResNet-18 width 8), 20 steps at batch 64 each: run, resume and report in a
+few minutes per method on 2 CPU cores; not the published accuracies.
+"""
+import ml_collections
+
+METHODS = ["simclr", "byol", "vicreg", "tico", "vicreg_tico", "barlow_twins", "simsiam", "moco_v3"]
+
+LIGHTLY = "lightly CIFAR-10 benchmark, kNN k=200 (best epoch)"
+LIGHTLY_KNN_TOP1 = {  # (epochs, batch): {method: kNN top-1 %}
+    (200, 128): {"barlow_twins": 84.2, "byol": 86.9, "simclr": 84.7, "simsiam": 81.9},
+    (200, 512): {"barlow_twins": 81.9, "byol": 86.8, "simclr": 84.8, "simsiam": 76.4},
+    (800, 512): {"barlow_twins": 85.9, "byol": 91.0, "simclr": 87.9, "simsiam": 90.4},
+}
+SOLO_LEARN = "solo-learn README, linear Acc@1"
+SOLO_LEARN_LINEAR_TOP1 = {  # 1000 epochs, batch 256
+    "barlow_twins": 92.10, "byol": 92.58, "moco_v3": 93.10, "simclr": 90.74, "simsiam": 90.51, "vicreg": 92.07,
+}
+
+
+def published():
+    entries = [dict(method=m, epochs=e, batch_size=b, metric="knn_top1", value=v, source=LIGHTLY)
+               for (e, b), figures in LIGHTLY_KNN_TOP1.items() for m, v in figures.items()]
+    entries += [dict(method=m, epochs=1000, batch_size=256, metric="linear_top1", value=v, source=SOLO_LEARN)
+                for m, v in SOLO_LEARN_LINEAR_TOP1.items()]
+    return entries
+
+
+def get_config(arg=None):
+    sweep = ml_collections.ConfigDict()
+    sweep.name = "all_methods" + (f"_{arg}" if arg else "")
+    sweep.description = ("Every method's own config at one budget, 200 epochs at batch 512 (lightly's CIFAR-10 "
+                         "budget), beside lightly's and solo-learn's published CIFAR-10 figures.")
+    sweep.note = "TiCo, VICReg+TiCo and SimSiam do not learn yet (issue 12)."
+    sweep.config_arg = ""                        # the method configs' own recipe
+    sweep.grids = [dict(method=METHODS,
+                        epochs=[200],            # lightly's CIFAR-10 benchmark
+                        batch_size=[512])]       # lightly's CIFAR-10 benchmark (its larger batch)
+    sweep.overrides = []
+    sweep.steps_per_epoch = 0.0                  # 0: the epochs axis is config.num_epochs
+    sweep.epochs_from = "runs"
+    sweep.axis_labels = dict(epochs="pretraining epochs", batch_size="batch size")
+    sweep.published = published()
+
+    if arg == "long":
+        sweep.description = sweep.description.replace(
+            "200 epochs at batch 512 (lightly's CIFAR-10 budget)", "1000 epochs at batch 256 (solo-learn's budget)")
+        sweep.grids = [dict(method=METHODS, epochs=[1000], batch_size=[256])]  # solo-learn cifar/*.yaml
+    elif arg == "cpu":
+        sweep.description += " `:cpu`: shrunk to a few minutes per method on 2 CPU cores."
+        sweep.note += " `:cpu` variant: width-8 ResNet-18 (`:smoke` configs), 20 steps at batch 64."
+        sweep.config_arg = "smoke"               # configs' :smoke variant: width 8, small heads, quick evaluation
+        sweep.grids = [dict(method=METHODS, epochs=[200], batch_size=[64])]
+        sweep.overrides = ["checkpoint_every_steps=10"]  # a checkpoint mid-cell, to resume from
+        sweep.steps_per_epoch = 0.1              # 200 nominal epochs = 20 steps
+    elif arg not in (None, ""):
+        raise ValueError(f"Unknown sweep variant {arg!r}; known: 'long', 'cpu' "
+                         "(e.g. --sweep=configs/sweeps/all_methods.py:cpu).")
+    return sweep

@@ -1,0 +1,550 @@
+"""Sweeps: many training runs over method x epochs x batch size (or any config key), and one report of them.
+
+    python -m ssl_jax.sweep run    --sweep=configs/sweeps/simclr_vs_byol.py:cpu --workdir=DIR [--config.KEY=VALUE ...]
+    python -m ssl_jax.sweep list   --sweep=... --workdir=DIR [--config.KEY=VALUE ...]
+    python -m ssl_jax.sweep report --sweep=... --workdir=DIR
+
+A sweep file (`configs/sweeps/*.py`, `get_config(arg)`) names grids of axes; every combination is a cell, trained
+and evaluated by `python -m ssl_jax.main` in `DIR/<cell>/` (its own process: the same code path, and a crash or
+out-of-memory ends that cell only). `run` skips cells that have `eval.json`, resumes the others from their
+checkpoints, keeps going past a failed cell and exits non-zero at the end if any failed; then it writes the report:
+`DIR/results.csv`, `DIR/results.md` (ours beside the published figures the sweep gives, and the random-init
+baseline) and `DIR/accuracy_vs_<axis>.png`. `--config.KEY=VALUE` arguments go to every cell. docs/sweeps.md.
+"""
+import ast
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from ssl_jax import learning_check
+from ssl_jax import metrics_log
+
+CONFIG_DIR = learning_check.CONFIG_DIR
+EVAL_FILE = "eval.json"      # train.EVAL_FILE (not imported: train imports jax)
+CONFIG_FILE = "config.json"  # train.CONFIG_FILE
+LOG_FILE = "sweep.log"       # each cell's output, appended by every attempt
+CIFAR_TRAIN_IMAGES = 50_000  # CIFAR-10 and CIFAR-100 train splits; only for the ETA of cells counted in epochs
+AXIS_ABBREVIATIONS = {"epochs": "ep", "batch_size": "bs"}
+METRICS = ("knn_top1", "linear_top1", "linear_top5")
+PLOT_AXES = ("epochs", "batch_size")
+RESULT_COLUMNS = ("cell", "method", "source", "epoch", "steps", "batch_size", *METRICS,
+                  *(f"{m}_random_init" for m in METRICS), "published", "status")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One training run of the sweep: its directory name, method, nominal axis values and config overrides.
+
+    `evaluated_epochs` is set when the epochs axis is read from this one run (`epochs_from='one_run'`): the epochs
+    at which its kNN accuracy is recorded in metrics.jsonl (config.eval.every_epochs)."""
+    name: str
+    method: str
+    values: tuple        # ((axis, nominal value), ...), the method excluded
+    overrides: tuple     # ((config key, value), ...)
+    evaluated_epochs: tuple = ()
+
+    def value(self, axis):
+        return dict(self.values).get(axis)
+
+
+def load_config_file(path_and_arg):
+    """FILE.py[:arg]'s get_config(arg), as `--config=` and `--sweep=` load it. (learning_check.load_config joins
+    its name to configs/, which leaves an absolute path as it is.)"""
+    path, _, arg = path_and_arg.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} is not a file; give a sweep file such as configs/sweeps/simclr_vs_byol.py.")
+    return learning_check.load_config(os.path.abspath(path)[:-len(".py")], arg or None)
+
+
+def axis_order(sweep):
+    """Every axis of the sweep except the method, in order of first appearance."""
+    return list(dict.fromkeys(axis for grid in sweep.grids for axis in grid if axis != "method"))
+
+
+def axis_overrides(sweep, axis, value):
+    """The config settings a nominal axis value stands for."""
+    if axis == "epochs" and sweep.steps_per_epoch:
+        return (("num_train_steps", max(1, round(value * sweep.steps_per_epoch))),)
+    return (({"epochs": "num_epochs"}.get(axis, axis), value),)
+
+
+def cell_name(method, values):
+    parts = [method]
+    for axis, value in values:
+        text = "x".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+        text = "".join(c if c.isalnum() or c in ".+-" else "-" for c in text)
+        parts.append(AXIS_ABBREVIATIONS.get(axis, axis.split(".")[-1]) + text)
+    return "_".join(parts)
+
+
+def expand(sweep):
+    """The sweep's cells, in order, each combination once (grids may share cells)."""
+    axes = axis_order(sweep)
+    cells = {}
+    for grid in sweep.grids:
+        unknown = [m for m in grid["method"] if m not in learning_check.METHOD_CONFIGS]
+        if unknown:
+            raise ValueError(f"sweep method {unknown[0]!r} is not one of {', '.join(learning_check.METHOD_CONFIGS)}; "
+                             "fix the sweep file's grids.")
+        grid_axes = [a for a in axes if a in grid]
+        for method, *combo in itertools.product(grid["method"], *(grid[a] for a in grid_axes)):
+            values = tuple(zip(grid_axes, combo))
+            overrides = tuple(kv for axis, value in values for kv in axis_overrides(sweep, axis, value))
+            cell = Cell(cell_name(method, values), method, values, overrides)
+            cells.setdefault(cell.name, cell)
+    cells = list(cells.values())
+    return one_run_cells(sweep, cells) if sweep.epochs_from == "one_run" else cells
+
+
+def one_run_cells(sweep, cells):
+    """Cells that differ only in epochs become one run to the most epochs, kNN-evaluated every gcd epochs."""
+    if sweep.steps_per_epoch:
+        raise ValueError(f"epochs_from='one_run' needs whole epochs, but this sweep trains steps_per_epoch="
+                         f"{sweep.steps_per_epoch} steps per nominal epoch (config.eval.every_epochs counts whole "
+                         "epochs); use epochs_from='runs' for it.")
+    groups = {}
+    for cell in cells:
+        rest = tuple((a, v) for a, v in cell.values if a != "epochs")
+        groups.setdefault((cell.method, rest), []).append(cell)
+    merged = []
+    for (method, rest), group in groups.items():
+        epochs = sorted({c.value("epochs") for c in group if c.value("epochs") is not None})
+        if len(epochs) < 2:
+            merged.extend(group)
+            continue
+        every = math.gcd(*epochs)
+        values = (("epochs", epochs[-1]),) + rest
+        name = cell_name(method, values).replace(f"ep{epochs[-1]}", f"ep{epochs[-1]}-every{every}", 1)
+        overrides = group[-1].overrides + (("num_epochs", epochs[-1]), ("eval.every_epochs", every))
+        merged.append(Cell(name, method, values, overrides, tuple(epochs)))
+    return merged
+
+
+def config_file(sweep, method):
+    path = os.path.join(CONFIG_DIR, learning_check.METHOD_CONFIGS[method] + ".py")
+    return path + (f":{sweep.config_arg}" if sweep.config_arg else "")
+
+
+def format_value(value):
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def cell_args(sweep, cell, workdir, extra_args=()):
+    """`ssl_jax.main`'s arguments for a cell: its method's config file, DIR/<cell>, the sweep's overrides, the
+    cell's axis values, then `extra_args` (so the command line wins)."""
+    settings = [item.split("=", 1) for item in sweep.overrides] + list(cell.overrides)
+    return ([f"--config={config_file(sweep, cell.method)}", f"--workdir={os.path.join(workdir, cell.name)}"]
+            + [f"--config.{key}={format_value(value)}" for key, value in settings] + list(extra_args))
+
+
+def cell_command(sweep, cell, workdir, extra_args=(), python="python"):
+    """The shell command that trains and evaluates one cell (what `list` prints and `run` runs)."""
+    args = cell_args(sweep, cell, os.path.abspath(workdir), extra_args)
+    args[0] = "--config=" + os.path.relpath(args[0].split("=", 1)[1])
+    return shlex.join([python, "-m", "ssl_jax.main", *args])
+
+
+def cell_config(sweep, cell, extra_args=()):
+    """The cell's full config as `ssl_jax.main` would build it (for the ETA and for checks before the run)."""
+    config = load_config_file(config_file(sweep, cell.method))
+    for item in cell_args(sweep, cell, "", extra_args)[2:]:
+        key, _, value = item[len("--config."):].partition("=")
+        try:
+            learning_check.set_value(config, key, _literal(value))
+        except (KeyError, AttributeError, TypeError, ValueError) as e:
+            raise ValueError(f"cell {cell.name}: {item} does not fit its config "
+                             f"({type(e).__name__}: {e}); fix the sweep file or the argument.") from e
+    return config
+
+
+def _literal(text):
+    """A Python literal as config_flags reads it (`(2048,2048)`, `0.5`), else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def training_images(config):
+    """Images a run trains on: steps x batch (epochs counted as CIFAR's 50,000 images; for the ETA only)."""
+    if config.num_train_steps > 0:
+        return config.num_train_steps * config.batch_size
+    return config.num_epochs * CIFAR_TRAIN_IMAGES
+
+
+def finished(celldir):
+    return os.path.exists(os.path.join(celldir, EVAL_FILE))
+
+
+class SweepClock:
+    """The sweep's ETA: seconds per training image over the cells run so far, times the images still to train."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.images = 0
+
+    def add(self, seconds, images):
+        self.seconds += seconds
+        self.images += images
+
+    def eta(self, remaining_images):
+        if not self.images:
+            return "unknown until a cell has run"
+        return metrics_log.format_duration(remaining_images * self.seconds / self.images)
+
+
+def run_cell(command, celldir, prefix, print_fn=print):
+    """Runs one cell's shell command, its output appended to DIR/<cell>/sweep.log and echoed with `prefix`.
+
+    A SIGTERM to the sweep (a scheduler's preemption) is passed on to the cell, which ends as a stopped run does.
+    Returns (exit status, the last line of output, whether the sweep was told to stop)."""
+    os.makedirs(celldir, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    last_line, terminated = "no output", []
+    with open(os.path.join(celldir, LOG_FILE), "a") as log, subprocess.Popen(
+            shlex.split(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        log.write(f"$ {command}\n")
+
+        def forward(signum, frame):
+            terminated.append(signum)
+            proc.send_signal(signum)
+
+        previous = signal.signal(signal.SIGTERM, forward)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                print_fn(f"{prefix}{line.rstrip()}")
+                last_line = line.strip() or last_line
+            status = proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    return status, last_line, bool(terminated)
+
+
+def run(sweep, workdir, extra_args=(), cells=None, print_fn=print):
+    """Runs every cell (or those in `cells`, by index or name) that has no eval.json yet.
+
+    Returns (descriptions of the cells that failed, whether the sweep was stopped before its end)."""
+    workdir = os.path.abspath(workdir)
+    all_cells = expand(sweep)
+    todo = [(i, c) for i, c in enumerate(all_cells) if cells is None or i in cells or c.name in cells]
+    images = {c.name: training_images(cell_config(sweep, c, extra_args)) for _, c in todo}
+    clock, failures = SweepClock(), []
+    for i, cell in todo:
+        celldir = os.path.join(workdir, cell.name)
+        tag = f"[{i + 1}/{len(all_cells)}] {cell.name}"
+        if finished(celldir):
+            print_fn(f"{tag}: finished before (eval.json), skipped")
+            continue
+        remaining = sum(images[c.name] for j, c in todo if j >= i and not finished(os.path.join(workdir, c.name)))
+        state = "resuming" if os.path.isdir(os.path.join(celldir, "checkpoints")) else "starting"
+        print_fn(f"{tag}: {state}; sweep ETA {clock.eta(remaining)}")
+        start = time.perf_counter()
+        command = cell_command(sweep, cell, workdir, extra_args, python=sys.executable)
+        status, last_line, terminated = run_cell(command, celldir, f"  {tag} | ", print_fn)
+        seconds = time.perf_counter() - start
+        if status == 0 and finished(celldir):
+            clock.add(seconds, images[cell.name])
+            print_fn(f"{tag}: done in {metrics_log.format_duration(seconds)}")
+            continue
+        failures.append(f"{cell.name} (exit status {status}): {last_line}")
+        print_fn(f"{tag}: {'STOPPED' if terminated else 'FAILED'} with exit status {status}; its output is in "
+                 f"{os.path.join(celldir, LOG_FILE)}")
+        if terminated or status < 0 or status == 0:  # a signal (or a run that saved and stopped): the sweep stops
+            return failures, True
+    return failures, False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------------
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def varying_axes(cells):
+    """The axes that take more than one value over the cells: published figures are matched on these."""
+    return [a for a in dict.fromkeys(a for c in cells for a, _ in c.values) if len({c.value(a) for c in cells}) > 1]
+
+
+def matching_published(sweep, cells, method, values):
+    """Published figures for `method` whose epochs / batch size agree with `values` on the axes that vary."""
+    varying = varying_axes(cells)
+    return [p for p in sweep.published if p["method"] == method
+            and all(p.get(a) is None or a not in varying or p[a] == values.get(a) for a in PLOT_AXES)]
+
+
+def describe_published(p):
+    budget = ", ".join(text for key, text in (("epochs", f"{p.get('epochs')} ep"),
+                                               ("batch_size", f"batch {p.get('batch_size')}")) if p.get(key))
+    return f"{p['value']:.2f} {p['metric'].split('_')[0]} ({budget}; {p['source']})"
+
+
+def cell_rows(sweep, cells, cell, workdir):
+    """The report's rows for one cell: one, or with `evaluated_epochs` one per evaluated epoch (kNN from
+    metrics.jsonl, the last row from eval.json)."""
+    celldir = os.path.join(workdir, cell.name)
+    results = _read_json(os.path.join(celldir, EVAL_FILE))
+    config = _read_json(os.path.join(celldir, CONFIG_FILE)) or {}
+    records = metrics_log.read_metrics(celldir)
+    trained = [r for r in records if "train/loss" in r]
+    base = dict(cell=cell.name, method=cell.method, **dict(cell.values),
+                batch_size=config.get("batch_size", cell.value("batch_size")),
+                status="finished" if results else ("interrupted" if trained else "not run"))
+    if results:
+        base.update({k: results.get(k) for k in RESULT_COLUMNS if k.endswith("_random_init")})
+    final = dict(base, source="run", steps=results.get("step") if results else None,
+                 epoch=trained[-1]["epoch"] if trained else None, **{m: (results or {}).get(m) for m in METRICS})
+    rows = []
+    for epoch in cell.evaluated_epochs[:-1]:
+        knn = [r["eval/knn_top1"] for r in records if "eval/knn_top1" in r and abs(r["epoch"] - epoch) < 1e-6]
+        row = dict(base, epochs=epoch, epoch=epoch, steps=None, source="one run, kNN during training",
+                   **dict.fromkeys(METRICS))
+        row["knn_top1"] = knn[-1] if knn else None
+        rows.append(row)
+    if cell.evaluated_epochs:
+        final["source"] = "one run, final evaluation"
+    rows.append(final)
+    for row in rows:
+        values = {a: row.get(a) for a in PLOT_AXES}
+        row["published"] = "; ".join(map(describe_published, matching_published(sweep, cells, cell.method, values)))
+    return rows
+
+
+def gather(sweep, workdir):
+    """Every cell's results as rows (dicts), in the sweep's order."""
+    cells = expand(sweep)
+    return [row for cell in cells for row in cell_rows(sweep, cells, cell, workdir)]
+
+
+def _percent(value):
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def _trained(row):
+    if row.get("epoch") is None:
+        return ""
+    steps = f"{row['steps']} steps = " if row.get("steps") else ""
+    return f"{steps}{row['epoch']:.3g} ep"
+
+
+def markdown_report(sweep, rows, axes, plots):
+    """results.md: the sweep, where its epochs axis comes from, the table of cells and the published figures."""
+    lines = [f"# Sweep `{sweep.name}`", "", sweep.description, ""]
+    if sweep.note:
+        lines += [sweep.note, ""]
+    lines += [f"Epochs axis: {EPOCHS_SOURCES[sweep.epochs_from]}", ""]
+    header = ["method", *axes, "trained", "kNN top-1 %", "linear top-1 / top-5 %", "random init kNN / linear %",
+              "published", "status"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        random_init = (f"{_percent(r.get('knn_top1_random_init'))} / {_percent(r.get('linear_top1_random_init'))}"
+                       if r.get("knn_top1_random_init") is not None else "")
+        linear = f"{_percent(r['linear_top1'])} / {_percent(r['linear_top5'])}" if r.get("linear_top1") is not None else ""
+        cells = [r["method"], *(str(r.get(a, "")) for a in axes), _trained(r), _percent(r.get("knn_top1")),
+                 linear, random_init, r["published"], r["status"] if r["source"] == "run" else r["source"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    if sweep.published:
+        lines += ["", "Published figures (percent; epochs, batch size, kNN or linear top-1, source):", ""]
+        lines += [f"- {p['method']}: {describe_published(p)}" for p in sweep.published]
+    lines += [""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+EPOCHS_SOURCES = {
+    "runs": "a separate run per epochs value (each with its own learning-rate schedule), as the seed studies did.",
+    "one_run": "one run per line to the most epochs, its kNN evaluated during training at the smaller epochs "
+               "(metrics.jsonl, config.eval.every_epochs; the learning rate there has not decayed to its end, and "
+               "linear figures exist at the last epoch only).",
+}
+
+
+def write_csv(path, rows, axes):
+    columns = list(RESULT_COLUMNS[:2]) + list(axes) + list(RESULT_COLUMNS[2:])
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _line_groups(rows, x_axis, axes):
+    """Rows with a value on `x_axis`, grouped into lines by method and the other axes' values."""
+    others = [a for a in axes if a != x_axis]
+    groups = {}
+    for r in rows:
+        if r.get(x_axis) is not None:
+            groups.setdefault((r["method"],) + tuple(r.get(a) for a in others), []).append(r)
+    return others, groups
+
+
+def plot_axis(sweep, rows, axes, x_axis, path):
+    """accuracy_vs_<axis>.png: kNN and linear top-1 against the axis, one line per method (and per value of the
+    other axes), the published figures dashed in the same colour."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others, groups = _line_groups(rows, x_axis, axes)
+    groups = {k: v for k, v in groups.items() if len({r[x_axis] for r in v}) > 1}
+    if not groups:
+        return None
+    fig, panels = plt.subplots(1, 2, figsize=(11, 4.2))
+    for (method, *other_values), group in groups.items():
+        label = method + "".join(f", {a} {v}" for a, v in zip(others, other_values) if len(
+            {r.get(a) for r in rows}) > 1)
+        for panel, metric in zip(panels, ("knn_top1", "linear_top1")):
+            points = sorted((r[x_axis], 100 * r[metric]) for r in group if r.get(metric) is not None)
+            if not points:
+                continue
+            line, = panel.plot(*zip(*points), "o-", label=label)
+            published = sorted((p[x_axis], p["value"]) for p in sweep.published
+                               if p["method"] == method and p["metric"] == metric and p.get(x_axis) is not None
+                               and all(p.get(a) in (None, v) for a, v in zip(others, other_values)))
+            if published:
+                panel.plot(*zip(*published), "x--", color=line.get_color(), label=f"{label} (published)")
+    for panel, metric in zip(panels, ("kNN", "linear")):
+        baseline = [100 * r[f"{metric.lower()}_top1_random_init"] for r in rows
+                    if r.get(f"{metric.lower()}_top1_random_init") is not None]
+        if baseline:
+            panel.axhline(sum(baseline) / len(baseline), color="grey", ls=":", label="random init (mean)")
+        panel.set_xlabel(sweep.axis_labels.get(x_axis, x_axis))
+        panel.set_ylabel(f"{metric} top-1 (%)")
+        if x_axis == "batch_size":
+            panel.set_xscale("log", base=2)
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=7)
+    fig.suptitle(f"{sweep.name}: accuracy vs {x_axis}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_methods(sweep, rows, path):
+    """accuracy_by_method.png (when no epochs or batch axis varies): kNN and linear top-1 per cell, bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("knn_top1") is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(rows)), 4))
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [100 * r["knn_top1"] for r in rows], 0.4, label="kNN top-1")
+    ax.bar([i + 0.2 for i in x], [100 * (r.get("linear_top1") or 0) for r in rows], 0.4, label="linear top-1")
+    ax.plot([i for i in x], [100 * (r.get("linear_top1_random_init") or 0) for r in rows], "k_", ms=20,
+            label="linear, random init")
+    ax.set_xticks(list(x), [r["cell"] for r in rows], rotation=20, fontsize=7)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"{sweep.name}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def report(sweep, workdir, print_fn=print):
+    """Writes DIR/results.csv, DIR/results.md and the plots from every cell's files; returns the markdown."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    rows = gather(sweep, workdir)
+    axes = axis_order(sweep)
+    write_csv(os.path.join(workdir, "results.csv"), rows, axes)
+    plots = [plot_axis(sweep, rows, axes, a, os.path.join(workdir, f"accuracy_vs_{a}.png"))
+             for a in PLOT_AXES if a in axes]
+    plots = [p for p in plots if p] or [plot_methods(sweep, rows, os.path.join(workdir, "accuracy_by_method.png"))]
+    plots = [p for p in plots if p]
+    text = markdown_report(sweep, rows, axes, plots)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(text)
+    missing = [r["cell"] for r in rows if r["status"] != "finished"]
+    if missing:
+        print_fn(f"{len(missing)} of {len(rows)} rows have no eval.json yet: {', '.join(missing)}")
+    print_fn(text)
+    print_fn(f"Report: {os.path.join(workdir, 'results.md')}, results.csv, "
+             f"{', '.join(os.path.basename(p) for p in plots) or 'no plot (no results yet)'}")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+COMMANDS = ("run", "list", "report")
+
+
+def _define_flags():
+    flags.DEFINE_string("sweep", None, "Sweep file, e.g. configs/sweeps/simclr_vs_byol.py or ...py:cpu.")
+    flags.DEFINE_string("workdir", None, "The sweep's directory: DIR/<cell>/ per cell, DIR/results.* for all.")
+    flags.DEFINE_list("cells", None, "run: only these cells, by 0-based index in `list` order or by name "
+                      "(a SLURM array task runs one); no report is written then.")
+    flags.DEFINE_string("python", "python", "list: the interpreter the printed commands call.")
+    flags.mark_flags_as_required(["sweep", "workdir"])
+
+
+def split_config_args(argv):
+    """(`--config.KEY=VALUE` arguments, the rest): the first go to every cell's `ssl_jax.main`."""
+    extra = [a for a in argv[1:] if a.startswith("--config.")]
+    bad = [a for a in extra if "=" not in a]
+    if bad:
+        raise app.UsageError(f"{bad[0]}: write cell settings as --config.KEY=VALUE (with '=').")
+    return extra, [argv[0]] + [a for a in argv[1:] if not a.startswith("--config.")]
+
+
+def main(argv, extra_args=()):
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"Give one command: {' | '.join(COMMANDS)} (got {argv[1:]}).")
+    try:
+        status = run_command(argv[1], load_config_file(FLAGS.sweep), extra_args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        status = 2
+    sys.exit(status)
+
+
+def run_command(command, sweep, extra_args):
+    """`list`, `report` or `run` (which ends with a report); returns the exit status."""
+    if command == "list":
+        for cell in expand(sweep):
+            print(cell_command(sweep, cell, FLAGS.workdir, extra_args, FLAGS.python))
+        return 0
+    if command == "report":
+        report(sweep, FLAGS.workdir)
+        return 0
+    cells = None if FLAGS.cells is None else {int(v) if v.isdigit() else v for v in FLAGS.cells}
+    failures, stopped = run(sweep, FLAGS.workdir, extra_args, cells, print_fn=lambda line: print(line, flush=True))
+    if cells is None and not stopped:
+        report(sweep, FLAGS.workdir)
+    if failures:
+        print(f"error: {len(failures)} cell(s) did not finish; the same command runs them again (finished cells "
+              "are skipped, interrupted ones resume):", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    _define_flags()
+    config_args, sys.argv = split_config_args(sys.argv)
+    app.run(lambda argv: main(argv, config_args))
