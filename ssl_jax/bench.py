@@ -73,7 +73,7 @@ def flops_fields(model_flops, xla_flops, step_seconds, devices):
         return {}
     peak = flops.peak_flops(devices[0])
     rate = model_flops / step_seconds
-    return dict(gflops_per_step=round(model_flops / 1e9, 4), tflops_per_sec=round(rate / 1e12, 4),
+    return dict(gflops_per_step=round(model_flops / 1e9, 4), tflops_per_sec=round(rate / 1e12, 6),
                 mfu=round(rate / (peak * len(devices)), 4) if peak else None,
                 peak_tflops_per_device=peak / 1e12 if peak else None,
                 xla_gflops_per_step=round(xla_flops / 1e9, 4) if xla_flops else None)

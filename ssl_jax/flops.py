@@ -21,11 +21,13 @@ input's size is a multiple of the stride (every strided convolution of these Res
 up to the border rows (tests/test_flops.py checks both gradients of plain, strided and grouped convolutions).
 """
 import dataclasses
+import json
 import math
 
 import jax
+import numpy as np
 
-__all__ = ["FlopCount", "count_flops", "jaxpr_flops", "PEAK_BF16_FLOPS", "peak_flops"]
+__all__ = ["FlopCount", "count_flops", "jaxpr_flops", "train_step_flops", "PEAK_BF16_FLOPS", "peak_flops"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,24 @@ def _eqn_flops(eqn):
             if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
                 nested = nested + jaxpr_flops(sub)
     return nested * _repeats(eqn)
+
+
+def train_step_flops(config, ready_views=False):
+    """FlopCount of the trainer's step for `config` on all its devices together (`ready_views`: the step without
+    its augmentation), traced on shapes alone: nothing is compiled or run, so a full-size count takes seconds."""
+    from ssl_jax import data, train
+
+    size, batch = config.augment.view1.crop_size, config.batch_size
+    images = np.broadcast_to(np.uint8(0), (batch, size, size, 3))  # no memory: only the shapes are read
+    split = data.Split(images, np.zeros(batch, np.int32))
+    num_classes = data.SPECS[config.data.name].num_classes
+    exp = train.build_experiment(config, data.Dataset(config.data.name, num_classes, split, split, "shapes only"))
+    state = jax.eval_shape(lambda: train.initial_state(exp))
+    step_batch = {"image": images, "label": split.labels, "index": np.arange(batch, dtype=np.int32)}
+    if ready_views:
+        view = jax.ShapeDtypeStruct(images.shape, np.float32)
+        step_batch = {"views": (view, view), "label": split.labels}
+    return count_flops(train.make_step_fn(exp, ready_views=ready_views), state, step_batch)
 
 
 def _repeats(eqn):
@@ -126,3 +146,29 @@ def peak_flops(device):
         return None
     matches = [name for name in PEAK_BF16_FLOPS if name.lower() in kind]
     return PEAK_BF16_FLOPS[max(matches, key=len)] if matches else None
+
+
+def main(argv):
+    """`python -m ssl_jax.flops --config=CONFIG [--config.x=y ...] [--ready_views]`: one JSON line with the
+    step's count, without compiling or running it (the bench prints the same count beside its timings)."""
+    from absl import flags
+
+    del argv
+    config = flags.FLAGS.config
+    count = train_step_flops(config, flags.FLAGS.ready_views)
+    print(json.dumps(dict(
+        method=config.method, model=config.model.name, width=config.model.width, batch_size=config.batch_size,
+        ready_views=flags.FLAGS.ready_views, gflops_per_step=round(count.total / 1e9, 4),
+        gflops_per_image=round(count.total / config.batch_size / 1e9, 4),
+        conv_gflops=round(count.conv / 1e9, 4), dot_gflops=round(count.dot / 1e9, 4))), flush=True)
+
+
+if __name__ == "__main__":
+    from absl import flags as absl_flags
+
+    from ssl_jax import runtime
+
+    runtime.define_config_flag("Config file, as for ssl_jax.main.")
+    absl_flags.DEFINE_bool("ready_views", False, "Count the step without its augmentation.")
+    absl_flags.mark_flags_as_required(["config"])
+    runtime.run_cli(main, user_errors=(ValueError,))

@@ -1,5 +1,9 @@
 """flops.py against hand counts: single ops, nested jaxprs, ResNet forwards and whole train steps."""
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +12,8 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 import helpers
-from ssl_jax import bench
-from ssl_jax import data
 from ssl_jax import flops
 from ssl_jax import models
-from ssl_jax import train
 
 NUM_CLASSES = 10  # the online linear probe's outputs (CIFAR-10)
 
@@ -144,17 +145,6 @@ def test_resnet50_imagenet_forward_is_the_hand_count():
     assert macs == conv_macs(resnet50_imagenet_convs()) == pytest.approx(4.1e9, rel=0.01)
 
 
-def _step_counts(config, ready_views):
-    """flops.py's count of the trainer's own step (as bench.py takes it) on abstract state."""
-    exp = train.build_experiment(config, bench.random_dataset(config, config.batch_size))
-    state = jax.eval_shape(lambda: train.initial_state(exp))
-    batch = exp.dp.put_batch(data.host_batch(exp.dataset.train, 0, config.batch_size, 0))
-    if ready_views:
-        view = jax.ShapeDtypeStruct((config.batch_size, 32, 32, 3), jnp.float32)
-        batch = {"views": (view, view), "label": batch["label"]}
-    return flops.count_flops(train.make_step_fn(exp, ready_views=ready_views), state, batch)
-
-
 @pytest.mark.parametrize("num_devices", [1, 8])
 def test_simclr_step_is_the_independent_count(num_devices):
     """SimCLR, ResNet-18 width 64, 512-512-128 head, batch 512: NT-Xent scores 2B anchors against 2B keys."""
@@ -162,11 +152,11 @@ def test_simclr_step_is_the_independent_count(num_devices):
     config.num_devices = num_devices
     batch = config.batch_size
     conv, dot = step_flops_reference(batch, 64, projector=(512, 512, 128), loss_macs=(2 * batch) ** 2 * 128)
-    count = _step_counts(config, ready_views=True)
+    count = flops.train_step_flops(config, ready_views=True)
     assert (count.conv, count.dot) == (conv, dot)
     assert count.total / batch == pytest.approx(6.66e9, rel=0.002)  # under 3 x 2 views x 0.5554 GMAC x 2 + head
     if num_devices == 8:  # the augmentation's matmuls (crop-resize, grayscale) add under 0.1%
-        full = _step_counts(config, ready_views=False)
+        full = flops.train_step_flops(config)
         assert full.conv == count.conv and count.dot < full.dot < count.dot + 1e-3 * count.total
 
 
@@ -175,8 +165,20 @@ def test_byol_step_counts_the_target_and_the_predictor():
     config.num_devices = 1
     conv, dot = step_flops_reference(config.batch_size, 64, projector=(512, 4096, 256),
                                      predictor=(256, 4096, 256), ema_target=True)
-    count = _step_counts(config, ready_views=True)
+    count = flops.train_step_flops(config, ready_views=True)
     assert (count.conv, count.dot) == (conv, dot)
+
+
+def test_command_prints_the_step_count():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = subprocess.run([sys.executable, "-m", "ssl_jax.flops", "--config=configs/simclr_cifar.py",
+                             "--config.batch_size=64", "--ready_views"], cwd=helpers.REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout)
+    conv, dot = step_flops_reference(64, 64, projector=(512, 512, 128), loss_macs=128 ** 2 * 128)
+    assert (record["conv_gflops"], record["dot_gflops"]) == (round(conv / 1e9, 4), round(dot / 1e9, 4))
+    assert record["gflops_per_image"] == round((conv + dot) / 64 / 1e9, 4)
 
 
 @pytest.mark.parametrize("kind,peak", [
