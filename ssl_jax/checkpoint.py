@@ -35,7 +35,7 @@ def check_writable(directory):
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoints to {directory} ({type(e).__name__}: {e.strerror or e}); "
+        raise CheckpointError(f"cannot write to {directory} ({type(e).__name__}: {e.strerror or e}); "
                               "pass a --workdir on a disk you can write to.") from e
 
 

@@ -55,6 +55,18 @@ def synthetic_split(num_examples, num_classes=10, seed=0, size=32):
     return data.Split(np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int32))
 
 
+def write_image_folder(root, dataset, name="cifar_small"):
+    """Writes the data set as PNGs in root/name/{train,test}/class_NN/, the layout data.load_dataset reads."""
+    from PIL import Image
+
+    for split_name, split in (("train", dataset.train), ("test", dataset.test)):
+        for i, (image, label) in enumerate(zip(split.images, split.labels)):
+            folder = root / name / split_name / f"class_{label:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return root / name
+
+
 def synthetic_dataset(num_train=64, num_test=32, num_classes=10):
     return data.Dataset(name="cifar10", num_classes=num_classes, train=synthetic_split(num_train, num_classes, 0),
                         test=synthetic_split(num_test, num_classes, 1), source="synthetic (tests)")

@@ -2,6 +2,7 @@
 import functools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,9 +10,9 @@ import sys
 import pytest
 from absl import flags
 from ml_collections import config_flags
-from PIL import Image
 
 import helpers
+from ssl_jax import checkpoint
 from ssl_jax import learning_check
 from ssl_jax import metrics_log
 from ssl_jax import runtime
@@ -83,14 +84,7 @@ CLI_OVERRIDES = dict(batch_size=16, num_train_steps=8, checkpoint_every_steps=2,
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    dataset = helpers.synthetic_dataset(num_train=64, num_test=20)
-    for split_name, split in (("train", dataset.train), ("test", dataset.test)):
-        for i, (image, label) in enumerate(zip(split.images, split.labels)):
-            folder = root / "images" / split_name / f"class_{label:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(folder / f"{i:04d}.png")
-    return root / "images"
+    return helpers.write_image_folder(tmp_path_factory.mktemp("data"), helpers.synthetic_dataset(64, 20))
 
 
 def cli_config(image_folder, **changes):
@@ -142,3 +136,99 @@ def test_sigterm_saves_the_step_in_flight_and_the_same_command_resumes_exactly(i
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Resuming from the checkpoint at step {saved}." in again.stdout
     assert losses(tmp_path / "w") == losses(good_run)  # every step's loss, before and after the stop
+
+
+def copy_run(run, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(run, workdir)
+    return workdir
+
+
+def saved_steps(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def restored_step(config, workdir):
+    """The step `train` would resume from in `workdir` (restore_or_init also checks that the state is finite)."""
+    exp = train.build_experiment(config)
+    checkpointer = checkpoint.Checkpointer(str(workdir / "checkpoints"), config.checkpoint_every_steps)
+    try:
+        return train.restore_or_init(exp, checkpointer)[1]
+    finally:
+        checkpointer.close()
+
+
+def damage(step_dir):
+    """Truncates every file of a completed checkpoint to half its size, as a failing disk or a bad copy would."""
+    for path in step_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size:
+            os.truncate(path, path.stat().st_size // 2)
+
+
+def test_a_diverging_run_stops_before_saving_and_keeps_the_good_checkpoint(image_folder, good_run, tmp_path):
+    workdir = copy_run(good_run, tmp_path)
+    assert saved_steps(workdir) == [6, 8]
+    config = cli_config(image_folder, num_train_steps=16, **{"optimizer.base_lr": 1e25})
+    with pytest.raises(train.TrainingDiverged, match=r"not finite|non-finite") as diverged:
+        train.train(train.build_experiment(config), str(workdir))
+    assert re.search(r"at step (9|10); stopped without saving \(the last good checkpoint, step 8, is kept",
+                     str(diverged.value)), diverged.value
+    assert saved_steps(workdir) == [6, 8]
+    assert restored_step(config, workdir) == 8
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_said_and_set_aside(image_folder, good_run, tmp_path, capsys):
+    workdir = copy_run(good_run, tmp_path)
+    checkpoints = workdir / "checkpoints"
+    damage(checkpoints / "8")
+    config = cli_config(image_folder)
+    assert restored_step(config, workdir) == 6
+    assert "Skipping the checkpoint at step 8 (" in capsys.readouterr().out
+    assert (checkpoints / "8.unreadable").is_dir() and saved_steps(workdir) == [6]
+
+    damage(checkpoints / "6")
+    with pytest.raises(checkpoint.CheckpointError, match=r"no readable checkpoint .*nothing was changed.* "
+                                                         r"--config.if_no_readable_checkpoint=start_over"):
+        restored_step(config, workdir)
+    assert saved_steps(workdir) == [6]
+    assert restored_step(cli_config(image_folder, if_no_readable_checkpoint="start_over"), workdir) == 0
+    assert saved_steps(workdir) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs (needs the right to mount, as root in CI's container), unmounted afterwards."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill(disk, leave_bytes):
+    """Writes a file on `disk` until less than `leave_bytes` are free."""
+    with open(disk / "filler", "wb") as f:
+        while (free := shutil.disk_usage(disk).free) >= leave_bytes:
+            f.write(b"\0" * min(1 << 20, max(4096, free - leave_bytes + 4096)))
+            f.flush()
+    return disk / "filler"
+
+
+def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(image_folder, good_run, small_disk):
+    workdir = copy_run(good_run, small_disk)
+    filler = fill(small_disk, leave_bytes=64 << 10)  # room for log lines, not for a checkpoint
+    config = cli_config(image_folder, num_train_steps=10)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"saving the checkpoint at step 10 to .* failed .*the checkpoint at step 8 is intact"):
+        train.train(train.build_experiment(config), str(workdir))
+    filler.unlink()
+    assert restored_step(config, workdir) == 8 and saved_steps(workdir) == [6, 8]
+
+
+def test_an_unwritable_workdir_fails_at_start(image_folder, small_disk):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    workdir = small_disk / "w"
+    with pytest.raises(checkpoint.CheckpointError, match=f"cannot write to {workdir} .*pass a --workdir"):
+        train.train_and_evaluate(cli_config(image_folder), str(workdir))

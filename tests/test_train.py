@@ -8,7 +8,6 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
 import helpers
 from ssl_jax import checkpoint
@@ -19,15 +18,6 @@ from ssl_jax import train_step
 def _losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line)["train/loss"] for line in f]
-
-
-def _write_image_folder(root, dataset):
-    for split_name, split in (("train", dataset.train), ("test", dataset.test)):
-        for i, (image, label) in enumerate(zip(split.images, split.labels)):
-            folder = root / "cifar_small" / split_name / f"class_{label:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(folder / f"{i:04d}.png")
-    return root / "cifar_small"
 
 
 def _assert_results(results, workdir):
@@ -58,7 +48,7 @@ def _assert_trained_checkpoint(config, workdir):
 
 def test_simclr_trains_on_an_image_folder(tmp_path):
     """Loads a folder the test writes, trains, evaluates, writes eval.json, the plot and the encoder."""
-    folder = _write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=64, num_test=20))
+    folder = helpers.write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=64, num_test=20))
     config = helpers.tiny_config(steps=12, **{"data.path": str(folder), "data.cache_dir": str(tmp_path / "cache")})
     workdir = str(tmp_path / "work")
     results = train.train_and_evaluate(config, workdir)
@@ -151,7 +141,7 @@ def _main(*args, module="ssl_jax.main", **kwargs):
 
 
 def test_command_line_end_to_end(tmp_path):
-    folder = _write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=64, num_test=20))
+    folder = helpers.write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=64, num_test=20))
     workdir = tmp_path / "w"
     args = ["--config=configs/simclr_cifar.py:smoke", f"--workdir={workdir}", f"--config.data.path={folder}",
             f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.batch_size=16", "--config.num_train_steps=4",
@@ -222,7 +212,7 @@ def test_command_line_rejects_bad_overrides_at_once(tmp_path, override, message)
     result = _main("--config=configs/simclr_cifar.py:smoke", f"--workdir={tmp_path}", override)
     assert result.returncode != 0
     assert message in result.stderr
-    assert "Traceback" not in result.stderr[-2000:] or "FlagsError" in result.stderr or "KeyError" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_command_line_reports_missing_data_clearly(tmp_path):
