@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -216,15 +217,22 @@ def fill(disk, leave_bytes):
     return disk / "filler"
 
 
-def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(image_folder, good_run, small_disk):
-    workdir = copy_run(good_run, small_disk)
-    filler = fill(small_disk, leave_bytes=64 << 10)  # room for log lines, not for a checkpoint
-    config = cli_config(image_folder, num_train_steps=10)
+def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(small_disk):
+    state = {"params": np.random.default_rng(0).standard_normal(1 << 18).astype(np.float32)}  # 1 MB
+    directory = str(small_disk / "checkpoints")
+    checkpointer = checkpoint.Checkpointer(directory, save_every_steps=2)
+    checkpointer.save(2, state)
+    checkpointer.wait()
+    filler = fill(small_disk, leave_bytes=64 << 10)
     with pytest.raises(checkpoint.CheckpointError,
-                       match=r"saving the checkpoint at step 10 to .* failed .*the checkpoint at step 8 is intact"):
-        train.train(train.build_experiment(config), str(workdir))
+                       match=r"saving the checkpoint at step 4 to .* failed .*the checkpoint at step 2 is intact"):
+        checkpointer.save(4, state)
+        checkpointer.close()
     filler.unlink()
-    assert restored_step(config, workdir) == 8 and saved_steps(workdir) == [6, 8]
+    again = checkpoint.Checkpointer(directory, save_every_steps=2)
+    assert again.all_steps() == [2]
+    np.testing.assert_array_equal(again.restore(state)["params"], state["params"])
+    again.close()
 
 
 def test_an_unwritable_workdir_fails_at_start(image_folder, small_disk):
