@@ -26,9 +26,11 @@ import time
 
 from absl import app
 from absl import flags
+import ml_collections
 
 from ssl_jax import learning_check
 from ssl_jax import metrics_log
+from ssl_jax import runtime
 
 CONFIG_DIR = learning_check.CONFIG_DIR
 EVAL_FILE = "eval.json"      # train.EVAL_FILE (not imported: train imports jax)
@@ -58,6 +60,42 @@ class Cell:
         return dict(self.values).get(axis)
 
 
+def base_sweep(name, description, grids, **fields):
+    """A sweep file's starting point: each method's own config, the epochs axis in whole epochs, one run per
+    epochs value; `fields` set the rest (see docs/sweeps.md for every field)."""
+    sweep = ml_collections.ConfigDict(dict(
+        name=name,
+        description=description,
+        note="",                     # printed under the description in results.md
+        config_arg="",               # the method configs' variant ('smoke'), '' for their own recipe
+        grids=list(grids),           # [dict(method=[...], epochs=[...], batch_size=[...], <config key>=[...])]
+        overrides=[],                # "key=value" for every cell, before the cell's axes and the command line
+        steps_per_epoch=0.0,         # 0: epochs are config.num_epochs; n > 0: a nominal epoch is n steps
+        epochs_from="runs",          # 'runs': a run per epochs value; 'one_run': kNN during one run per line
+        axis_labels=dict(epochs="pretraining epochs", batch_size="batch size"),
+        published=[],                # dict(method, metric, value, source[, epochs, batch_size])
+    ))
+    sweep.update(fields)
+    return sweep
+
+
+def shrink_for_cpu(sweep, grids, steps_per_epoch, note, checkpoint_every_steps=20):
+    """The `:cpu` variant: the methods' `:smoke` configs (width-8 ResNet-18, small heads, quick evaluation) on
+    `grids`, `steps_per_epoch` steps per nominal epoch, a checkpoint mid-cell to resume from."""
+    sweep.description += " `:cpu`: shrunk to a few minutes on 2 CPU cores."
+    sweep.note = f"{sweep.note} `:cpu` variant: width-8 ResNet-18 (`:smoke` configs), {note}".strip()
+    sweep.config_arg = "smoke"
+    sweep.grids = grids
+    sweep.overrides = [f"checkpoint_every_steps={checkpoint_every_steps}"]
+    sweep.steps_per_epoch = steps_per_epoch
+    return sweep
+
+
+def unknown_variant(arg, sweep_file, known):
+    return ValueError(f"Unknown sweep variant {arg!r}; known: {', '.join(map(repr, known))} "
+                      f"(e.g. --sweep=configs/sweeps/{sweep_file}:{known[-1]}).")
+
+
 def load_config_file(path_and_arg):
     """FILE.py[:arg]'s get_config(arg), as `--config=` and `--sweep=` load it. (learning_check.load_config joins
     its name to configs/, which leaves an absolute path as it is.)"""
@@ -73,10 +111,13 @@ def axis_order(sweep):
 
 
 def axis_overrides(sweep, axis, value):
-    """The config settings a nominal axis value stands for."""
+    """The config settings a nominal axis value stands for (epochs set the training length, whatever the method
+    config's variant set: `:smoke` trains a fixed number of steps)."""
     if axis == "epochs" and sweep.steps_per_epoch:
         return (("num_train_steps", max(1, round(value * sweep.steps_per_epoch))),)
-    return (({"epochs": "num_epochs"}.get(axis, axis), value),)
+    if axis == "epochs":
+        return (("num_epochs", value), ("num_train_steps", -1))
+    return ((axis, value),)
 
 
 def cell_name(method, values):
@@ -159,9 +200,13 @@ def cell_command(sweep, cell, workdir, extra_args=(), python="python"):
 
 def cell_config(sweep, cell, extra_args=()):
     """The cell's full config as `ssl_jax.main` would build it (for the ETA and for checks before the run)."""
+    settings = [item[len("--config."):].partition("=")[::2] for item in cell_args(sweep, cell, "", extra_args)[2:]]
+    problem = runtime.config_problem(config_file(sweep, cell.method), settings)
+    if problem:
+        raise ValueError(f"cell {cell.name}: {problem}")
     config = load_config_file(config_file(sweep, cell.method))
-    for item in cell_args(sweep, cell, "", extra_args)[2:]:
-        key, _, value = item[len("--config."):].partition("=")
+    for key, value in settings:
+        item = f"--config.{key}={value}"
         try:
             learning_check.set_value(config, key, _literal(value))
         except (KeyError, AttributeError, TypeError, ValueError) as e:
@@ -190,20 +235,30 @@ def finished(celldir):
 
 
 class SweepClock:
-    """The sweep's ETA: seconds per training image over the cells run so far, times the images still to train."""
+    """The sweep's ETA from the cells run so far: seconds = overhead + images x time per image, fitted by least
+    squares (with one cell size seen so far: that cell's time for every cell)."""
 
     def __init__(self):
-        self.seconds = 0.0
-        self.images = 0
+        self.done = []  # (training images, seconds) per cell run
 
-    def add(self, seconds, images):
-        self.seconds += seconds
-        self.images += images
+    def add(self, images, seconds):
+        self.done.append((images, seconds))
+
+    def fit(self):
+        images, seconds = zip(*self.done)
+        mean_images, mean_seconds = sum(images) / len(images), sum(seconds) / len(seconds)
+        spread = sum((x - mean_images) ** 2 for x in images)
+        if not spread:
+            return mean_seconds, 0.0
+        per_image = max(0.0, sum((x - mean_images) * (y - mean_seconds) for x, y in self.done) / spread)
+        return max(0.0, mean_seconds - per_image * mean_images), per_image
 
     def eta(self, remaining_images):
-        if not self.images:
+        """`remaining_images`: the training images of each cell still to run."""
+        if not self.done:
             return "unknown until a cell has run"
-        return metrics_log.format_duration(remaining_images * self.seconds / self.images)
+        overhead, per_image = self.fit()
+        return metrics_log.format_duration(sum(overhead + per_image * n for n in remaining_images))
 
 
 def run_cell(command, celldir, prefix, print_fn=print):
@@ -250,7 +305,7 @@ def run(sweep, workdir, extra_args=(), cells=None, print_fn=print):
         if finished(celldir):
             print_fn(f"{tag}: finished before (eval.json), skipped")
             continue
-        remaining = sum(images[c.name] for j, c in todo if j >= i and not finished(os.path.join(workdir, c.name)))
+        remaining = [images[c.name] for j, c in todo if j >= i and not finished(os.path.join(workdir, c.name))]
         state = "resuming" if os.path.isdir(os.path.join(celldir, "checkpoints")) else "starting"
         print_fn(f"{tag}: {state}; sweep ETA {clock.eta(remaining)}")
         start = time.perf_counter()
@@ -258,7 +313,7 @@ def run(sweep, workdir, extra_args=(), cells=None, print_fn=print):
         status, last_line, terminated = run_cell(command, celldir, f"  {tag} | ", print_fn)
         seconds = time.perf_counter() - start
         if status == 0 and finished(celldir):
-            clock.add(seconds, images[cell.name])
+            clock.add(images[cell.name], seconds)
             print_fn(f"{tag}: done in {metrics_log.format_duration(seconds)}")
             continue
         failures.append(f"{cell.name} (exit status {status}): {last_line}")
@@ -306,8 +361,8 @@ def cell_rows(sweep, cells, cell, workdir):
     config = _read_json(os.path.join(celldir, CONFIG_FILE)) or {}
     records = metrics_log.read_metrics(celldir)
     trained = [r for r in records if "train/loss" in r]
-    base = dict(cell=cell.name, method=cell.method, **dict(cell.values),
-                batch_size=config.get("batch_size", cell.value("batch_size")),
+    base = dict(cell=cell.name, method=cell.method, **dict(cell.values))
+    base.update(batch_size=config.get("batch_size", cell.value("batch_size")),
                 status="finished" if results else ("interrupted" if trained else "not run"))
     if results:
         base.update({k: results.get(k) for k in RESULT_COLUMNS if k.endswith("_random_init")})
@@ -515,18 +570,16 @@ def split_config_args(argv):
 def main(argv, extra_args=()):
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"Give one command: {' | '.join(COMMANDS)} (got {argv[1:]}).")
-    try:
-        status = run_command(argv[1], load_config_file(FLAGS.sweep), extra_args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        status = 2
-    sys.exit(status)
+    sys.exit(run_command(argv[1], load_config_file(FLAGS.sweep), extra_args))
 
 
 def run_command(command, sweep, extra_args):
     """`list`, `report` or `run` (which ends with a report); returns the exit status."""
     if command == "list":
-        for cell in expand(sweep):
+        cells = expand(sweep)
+        for cell in cells:
+            cell_config(sweep, cell, extra_args)  # a mistake fails here, before any command is printed
+        for cell in cells:
             print(cell_command(sweep, cell, FLAGS.workdir, extra_args, FLAGS.python))
         return 0
     if command == "report":
@@ -547,4 +600,4 @@ def run_command(command, sweep, extra_args):
 if __name__ == "__main__":
     _define_flags()
     config_args, sys.argv = split_config_args(sys.argv)
-    app.run(lambda argv: main(argv, config_args))
+    runtime.run_cli(lambda argv: main(argv, config_args), user_errors=(ValueError,))

@@ -10,7 +10,6 @@ import sys
 
 import ml_collections
 import pytest
-from PIL import Image
 
 import helpers
 from ssl_jax import sweep as sweep_lib
@@ -23,12 +22,8 @@ SHIPPED = {  # file: {variant: cells}
 }
 
 
-def make_sweep(grids, steps_per_epoch=0.0, epochs_from="runs", overrides=(), published=()):
-    sweep = ml_collections.ConfigDict(dict(
-        name="test", description="a test sweep", note="", config_arg="smoke", grids=list(grids),
-        overrides=list(overrides), steps_per_epoch=steps_per_epoch, epochs_from=epochs_from,
-        axis_labels={}, published=list(published)))
-    return sweep
+def make_sweep(grids, **fields):
+    return sweep_lib.base_sweep("test", "a test sweep", grids, config_arg="smoke", **fields)
 
 
 def test_grids_expand_to_each_combination_once():
@@ -40,7 +35,7 @@ def test_grids_expand_to_each_combination_once():
     assert [(c.method, c.value("epochs"), c.value("batch_size")) for c in cells] == expected
     assert len({c.name for c in cells}) == len(cells) == 6
     assert cells[0].name == "simclr_ep20_bs64"
-    assert dict(cells[0].overrides) == {"num_epochs": 20, "batch_size": 64}
+    assert dict(cells[0].overrides) == {"num_epochs": 20, "num_train_steps": -1, "batch_size": 64}
 
 
 def test_nominal_epochs_become_steps_and_any_config_key_is_an_axis():
@@ -79,7 +74,7 @@ def test_cell_command_is_ssl_jax_main_with_the_cell_settings_last_the_command_li
                         "--config.data.path=/d x"]
     config = sweep_lib.cell_config(sweep, cell, ["--config.eval.knn_k=7"])
     assert (config.model.width, config.batch_size, config.eval.knn_k, config.method) == (4, 32, 7, "byol")
-    with pytest.raises(ValueError, match="cell byol_bs32: --config.model.widht=3"):
+    with pytest.raises(ValueError, match="cell byol_bs32: --config.model.widht=3: config.model has no key .widht. \\(did you mean .width.\\?\\)"):
         sweep_lib.cell_config(sweep, cell, ["--config.model.widht=3"])
 
 
@@ -113,6 +108,16 @@ def test_one_run_report_rows_come_from_the_metrics_log(tmp_path):
     assert rows[0]["source"] == "one run, kNN during training" and rows[2]["source"] == "one run, final evaluation"
 
 
+def test_sweep_eta_fits_overhead_plus_time_per_image():
+    clock = sweep_lib.SweepClock()
+    assert clock.eta([100]).startswith("unknown")
+    clock.add(1000, 30.0)
+    assert clock.eta([1000, 5000]) == "0:01:00"  # one size seen: each cell as long as that one
+    clock.add(3000, 50.0)  # 20 s + 10 ms per image
+    assert clock.fit() == pytest.approx((20.0, 0.01))
+    assert clock.eta([5000, 1000]) == "0:01:40"
+
+
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_sweeps_build_every_cell_config(name):
     for variant, num_cells in SHIPPED[name].items():
@@ -129,28 +134,22 @@ def test_shipped_sweeps_build_every_cell_config(name):
         sweep_lib.load_config_file(os.path.join(SWEEP_DIR, f"{name}.py:nope"))
 
 
-def _write_image_folder(root, dataset):
-    for split_name, split in (("train", dataset.train), ("test", dataset.test)):
-        for i, (image, label) in enumerate(zip(split.images, split.labels)):
-            folder = root / split_name / f"class_{label:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(folder / f"{i:04d}.png")
-    return root
-
-
 SWEEP_FILE = '''
-import ml_collections
+from ssl_jax import sweep as sweep_lib
+
 
 def get_config(arg=None):
-    return ml_collections.ConfigDict(dict(
-        name="two_by_two", description="2 x 2 on synthetic images", note="", config_arg="smoke",
-        grids=[dict(method=["simclr"], epochs=[1, 2], batch_size=[8, 16])],
+    return sweep_lib.base_sweep(
+        "two_by_two", "2 x 2 on synthetic images", [dict(method=["simclr"], epochs=[1, 2], batch_size=[8, 16])],
+        config_arg="smoke",
         overrides=["model.width=4", "eval.knn_k=5", "eval.linear_epochs=2", "eval.max_train_examples=0",
                    "eval.batch_size=64", "xla_cpu_flags=none", "log_every_steps=1", "checkpoint_every_steps=2"],
-        steps_per_epoch=0.0, epochs_from="runs", axis_labels={{}},
         published=[dict(method="simclr", epochs=2, batch_size=8, metric="linear_top1", value=12.5,
-                        source="a test figure")]))
+                        source="a test figure")])
 '''
+
+
+ONE_DEVICE = dict(os.environ, XLA_FLAGS="")  # the cells on one CPU device, not conftest's 8
 
 
 def _sweep_command(command, sweep_file, workdir, *extra):
@@ -158,15 +157,16 @@ def _sweep_command(command, sweep_file, workdir, *extra):
 
 
 def test_two_by_two_sweep_runs_resumes_an_interrupted_cell_and_reports(tmp_path):
-    folder = _write_image_folder(tmp_path / "images", helpers.synthetic_dataset(num_train=32, num_test=20))
+    folder = helpers.write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=32, num_test=20))
     sweep_file = tmp_path / "two_by_two.py"
-    sweep_file.write_text(SWEEP_FILE.format())
+    sweep_file.write_text(SWEEP_FILE)
     workdir = tmp_path / "sweep"
     data_args = [f"--config.data.path={folder}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
     run = _sweep_command("run", sweep_file, workdir, *data_args)
 
     # First run: cells 1 and 2 finish, cell 3 (8 steps) is stopped by SIGTERM after step 4's log line.
-    proc = subprocess.Popen(run, cwd=helpers.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(run, cwd=helpers.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ONE_DEVICE)
     first = []
     for line in proc.stdout:
         first.append(line)
@@ -179,7 +179,7 @@ def test_two_by_two_sweep_runs_resumes_an_interrupted_cell_and_reports(tmp_path)
     assert not (workdir / "simclr_ep2_bs8" / "eval.json").exists()
 
     # Second run: two cells skipped, the stopped one resumes from its checkpoint, the last one runs; then the report.
-    second = subprocess.run(run, cwd=helpers.REPO, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(run, cwd=helpers.REPO, capture_output=True, text=True, timeout=600, env=ONE_DEVICE)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert second.stdout.count("finished before (eval.json), skipped") == 2
     assert "[3/4] simclr_ep2_bs8: resuming; sweep ETA unknown" in second.stdout
@@ -190,7 +190,7 @@ def test_two_by_two_sweep_runs_resumes_an_interrupted_cell_and_reports(tmp_path)
     assert steps == list(range(1, 9)), "the resumed cell's log has each step once"
 
     # Third run: nothing left to do.
-    third = subprocess.run(run, cwd=helpers.REPO, capture_output=True, text=True, timeout=600)
+    third = subprocess.run(run, cwd=helpers.REPO, capture_output=True, text=True, timeout=600, env=ONE_DEVICE)
     assert third.returncode == 0 and third.stdout.count("skipped") == 4 and "starting" not in third.stdout
 
     with open(workdir / "results.csv") as f:
@@ -222,7 +222,7 @@ def test_a_failed_cell_does_not_stop_the_sweep(tmp_path):
     """Both cells fail at start (a batch that 8 devices cannot split): the second runs anyway, both are named at
     the end, the exit status is 1."""
     sweep_file = tmp_path / "failing.py"
-    sweep_file.write_text(SWEEP_FILE.format().replace("batch_size=[8, 16]", "batch_size=[12]").replace(
+    sweep_file.write_text(SWEEP_FILE.replace("batch_size=[8, 16]", "batch_size=[12]").replace(
         "epochs=[1, 2]", "epochs=[1]").replace('method=["simclr"]', 'method=["simclr", "vicreg"]'))
     result = subprocess.run(_sweep_command("run", sweep_file, tmp_path / "w", "--config.data.path=/nowhere"),
                             cwd=helpers.REPO, capture_output=True, text=True, timeout=300)

@@ -27,7 +27,7 @@ An H100 has less memory bandwidth than an H200: expect longer.
 `:cpu`: each method's `:smoke` config (ResNet-18 width 8), 20 steps at batch 64 each: run, resume and report in a
 few minutes per method on 2 CPU cores; not the published accuracies.
 """
-import ml_collections
+from ssl_jax import sweep as sweep_lib
 
 METHODS = ["simclr", "byol", "vicreg", "tico", "vicreg_tico", "barlow_twins", "simsiam", "moco_v3"]
 
@@ -52,33 +52,23 @@ def published():
 
 
 def get_config(arg=None):
-    sweep = ml_collections.ConfigDict()
-    sweep.name = "all_methods" + (f"_{arg}" if arg else "")
-    sweep.description = ("Every method's own config at one budget, 200 epochs at batch 512 (lightly's CIFAR-10 "
-                         "budget), beside lightly's and solo-learn's published CIFAR-10 figures.")
-    sweep.note = "TiCo, VICReg+TiCo and SimSiam do not learn yet (issue 12)."
-    sweep.config_arg = ""                        # the method configs' own recipe
-    sweep.grids = [dict(method=METHODS,
-                        epochs=[200],            # lightly's CIFAR-10 benchmark
-                        batch_size=[512])]       # lightly's CIFAR-10 benchmark (its larger batch)
-    sweep.overrides = []
-    sweep.steps_per_epoch = 0.0                  # 0: the epochs axis is config.num_epochs
-    sweep.epochs_from = "runs"
-    sweep.axis_labels = dict(epochs="pretraining epochs", batch_size="batch size")
-    sweep.published = published()
-
+    sweep = sweep_lib.base_sweep(
+        "all_methods" + (f"_{arg}" if arg else ""),
+        "Every method's own config at one budget, 200 epochs at batch 512 (lightly's CIFAR-10 budget), beside "
+        "lightly's and solo-learn's published CIFAR-10 figures.",
+        grids=[dict(method=METHODS,
+                    epochs=[200],                # lightly's CIFAR-10 benchmark
+                    batch_size=[512])],          # lightly's CIFAR-10 benchmark (its larger batch)
+        note="TiCo, VICReg+TiCo and SimSiam do not learn yet (issue 12).",
+        published=published())
     if arg == "long":
         sweep.description = sweep.description.replace(
             "200 epochs at batch 512 (lightly's CIFAR-10 budget)", "1000 epochs at batch 256 (solo-learn's budget)")
         sweep.grids = [dict(method=METHODS, epochs=[1000], batch_size=[256])]  # solo-learn cifar/*.yaml
     elif arg == "cpu":
-        sweep.description += " `:cpu`: shrunk to a few minutes per method on 2 CPU cores."
-        sweep.note += " `:cpu` variant: width-8 ResNet-18 (`:smoke` configs), 20 steps at batch 64."
-        sweep.config_arg = "smoke"               # configs' :smoke variant: width 8, small heads, quick evaluation
-        sweep.grids = [dict(method=METHODS, epochs=[200], batch_size=[64])]
-        sweep.overrides = ["checkpoint_every_steps=10"]  # a checkpoint mid-cell, to resume from
-        sweep.steps_per_epoch = 0.1              # 200 nominal epochs = 20 steps
+        sweep_lib.shrink_for_cpu(sweep, [dict(method=METHODS, epochs=[200], batch_size=[64])],
+                                 steps_per_epoch=0.1,  # 200 nominal epochs = 20 steps
+                                 note="20 steps at batch 64.", checkpoint_every_steps=10)
     elif arg not in (None, ""):
-        raise ValueError(f"Unknown sweep variant {arg!r}; known: 'long', 'cpu' "
-                         "(e.g. --sweep=configs/sweeps/all_methods.py:cpu).")
+        raise sweep_lib.unknown_variant(arg, "all_methods.py", ["long", "cpu"])
     return sweep

@@ -22,7 +22,7 @@ evaluation on 5,000 train images) with epochs 20 and 100 at batch 64 and batches
 nominal "epoch" is half a step (10 or 50 steps), so the cells exercise run, resume and report, not the study's
 accuracies.
 """
-import ml_collections
+from ssl_jax import sweep as sweep_lib
 
 # Seed study 1's published linear top-1 (%), ResNet encoder on CIFAR-10.
 SEED_SOURCE = "seed study 1 (Univ. of Zagreb seminar), linear"
@@ -50,38 +50,21 @@ def published():
 
 
 def get_config(arg=None):
-    sweep = ml_collections.ConfigDict()
-    sweep.name = "simclr_vs_byol"
-    sweep.description = ("SimCLR vs BYOL on CIFAR-10 (seed study 1): linear top-1 by epochs at batch 64 and by "
-                         "batch size at 100 epochs; each method's own config, ResNet-18.")
-    sweep.note = ""
-    sweep.config_arg = ""                        # the method configs' own recipe
-    sweep.grids = [
-        dict(method=["simclr", "byol"], epochs=[20, 40, 60, 80, 100], batch_size=[64]),   # seed study 1
-        dict(method=["simclr", "byol"], epochs=[100], batch_size=[64, 128, 256]),          # seed study 1
-    ]
-    sweep.overrides = [
-        "optimizer.warmup_epochs=2.0",           # our choice: a tenth of the shortest run (the configs' 10 epochs
-                                                 # would be half of a 20-epoch run); the seed gives none
-    ]
-    sweep.steps_per_epoch = 0.0                  # 0: the epochs axis is config.num_epochs
-    sweep.epochs_from = "runs"                   # 'runs': one run per epochs value, as the seed; or 'one_run'
-    sweep.axis_labels = dict(epochs="pretraining epochs", batch_size="batch size")
-    sweep.published = published()
-
+    sweep = sweep_lib.base_sweep(
+        "simclr_vs_byol",
+        "SimCLR vs BYOL on CIFAR-10 (seed study 1): linear top-1 by epochs at batch 64 and by batch size at 100 "
+        "epochs; each method's own config, ResNet-18.",
+        grids=[dict(method=["simclr", "byol"], epochs=[20, 40, 60, 80, 100], batch_size=[64]),   # seed study 1
+               dict(method=["simclr", "byol"], epochs=[100], batch_size=[64, 128, 256])],         # seed study 1
+        overrides=["optimizer.warmup_epochs=2.0"],  # our choice: a tenth of the shortest run (the configs' 10
+                                                    # epochs would be half of a 20-epoch run); the seed gives none
+        published=published())
     if arg == "cpu":
-        sweep.description += " `:cpu`: shrunk to a few minutes on 2 CPU cores."
-        sweep.note = ("`:cpu` variant: width-8 ResNet-18 (`:smoke` configs), a nominal epoch is half a training "
-                      "step, so these cells show the pipeline, not the study's accuracies.")
-        sweep.config_arg = "smoke"               # configs' :smoke variant: width 8, small heads, quick evaluation
-        sweep.grids = [
-            dict(method=["simclr", "byol"], epochs=[20, 100], batch_size=[64]),
-            dict(method=["simclr", "byol"], epochs=[100], batch_size=[64, 128]),
-        ]
-        sweep.overrides = ["checkpoint_every_steps=20"]  # a checkpoint mid-cell, to resume from
-        sweep.steps_per_epoch = 0.5              # 20 and 100 nominal epochs = 10 and 50 steps
-        sweep.axis_labels = dict(epochs="nominal epochs (:cpu: half a step each)", batch_size="batch size")
+        sweep_lib.shrink_for_cpu(sweep, [dict(method=["simclr", "byol"], epochs=[20, 100], batch_size=[64]),
+                                         dict(method=["simclr", "byol"], epochs=[100], batch_size=[64, 128])],
+                                 steps_per_epoch=0.5,  # 20 and 100 nominal epochs = 10 and 50 steps
+                                 note="a nominal epoch is half a step: the pipeline, not the study's accuracies.")
+        sweep.axis_labels.epochs = "nominal epochs (:cpu: half a step each)"
     elif arg not in (None, ""):
-        raise ValueError(f"Unknown sweep variant {arg!r}; known: 'cpu' "
-                         "(e.g. --sweep=configs/sweeps/simclr_vs_byol.py:cpu).")
+        raise sweep_lib.unknown_variant(arg, "simclr_vs_byol.py", ["cpu"])
     return sweep

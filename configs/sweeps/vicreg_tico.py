@@ -22,7 +22,7 @@ with the random-init baseline). An H100 has less memory bandwidth than an H200: 
 `:cpu`: each method's `:smoke` config (ResNet-18 width 8), 30 steps at batch 64: a few minutes on 2 CPU cores for
 run, resume and report; not the study's accuracies.
 """
-import ml_collections
+from ssl_jax import sweep as sweep_lib
 
 SEED_SOURCE = "seed study 2, ResNet-50 + Barlow Twins projector, epochs and batch not given"
 SEED_LINEAR_TOP1 = {"vicreg": 42.19, "tico": 30.47, "vicreg_tico": 37.79}  # seed study 2, linear top-1 (%)
@@ -30,33 +30,24 @@ BARLOW_PROJECTOR = ["model.projector_hidden=(2048,2048)", "model.projection_dim=
 
 
 def get_config(arg=None):
-    sweep = ml_collections.ConfigDict()
-    sweep.name = "vicreg_tico" + (f"_{arg}" if arg else "")
-    sweep.description = ("VICReg vs TiCo vs VICReg with TiCo's covariance term on CIFAR-10 (seed study 2), each "
-                         "method's own config, 100 epochs at batch 256, ResNet-18.")
-    sweep.note = "TiCo and VICReg+TiCo do not learn yet (issue 12)."
-    sweep.config_arg = ""                        # the method configs' own recipe
-    sweep.grids = [dict(method=["vicreg", "tico", "vicreg_tico"],
-                        epochs=[100],            # our choice: the study gives none (seed study 1's longest)
-                        batch_size=[256])]       # the three configs' batch (solo-learn vicreg.yaml / byol.yaml)
-    sweep.overrides = []
-    sweep.steps_per_epoch = 0.0                  # 0: the epochs axis is config.num_epochs
-    sweep.epochs_from = "runs"
-    sweep.axis_labels = dict(epochs="pretraining epochs", batch_size="batch size")
-    sweep.published = [dict(method=m, metric="linear_top1", value=v, source=SEED_SOURCE)
-                       for m, v in SEED_LINEAR_TOP1.items()]
-
+    sweep = sweep_lib.base_sweep(
+        "vicreg_tico" + (f"_{arg}" if arg else ""),
+        "VICReg vs TiCo vs VICReg with TiCo's covariance term on CIFAR-10 (seed study 2), each method's own "
+        "config, 100 epochs at batch 256, ResNet-18.",
+        grids=[dict(method=["vicreg", "tico", "vicreg_tico"],
+                    epochs=[100],                # our choice: the study gives none (seed study 1's longest)
+                    batch_size=[256])],          # the three configs' batch (solo-learn vicreg.yaml / byol.yaml)
+        note="TiCo and VICReg+TiCo do not learn yet (issue 12).",
+        published=[dict(method=m, metric="linear_top1", value=v, source=SEED_SOURCE)
+                   for m, v in SEED_LINEAR_TOP1.items()])
     if arg == "resnet50":
         sweep.description = sweep.description.replace("ResNet-18", "ResNet-50 with the Barlow Twins projector")
         sweep.overrides = ["model.name=resnet50"] + BARLOW_PROJECTOR   # seed study 2's network
     elif arg == "cpu":
-        sweep.description += " `:cpu`: shrunk to a few minutes on 2 CPU cores."
-        sweep.note += " `:cpu` variant: width-8 ResNet-18 (`:smoke` configs), 30 steps at batch 64."
-        sweep.config_arg = "smoke"               # configs' :smoke variant: width 8, small heads, quick evaluation
-        sweep.grids = [dict(method=["vicreg", "tico", "vicreg_tico"], epochs=[100], batch_size=[64])]
-        sweep.overrides = ["checkpoint_every_steps=20"]  # a checkpoint mid-cell, to resume from
-        sweep.steps_per_epoch = 0.3              # 100 nominal epochs = 30 steps
+        sweep_lib.shrink_for_cpu(sweep, [dict(method=["vicreg", "tico", "vicreg_tico"], epochs=[100],
+                                              batch_size=[64])],
+                                 steps_per_epoch=0.3,  # 100 nominal epochs = 30 steps
+                                 note="30 steps at batch 64.")
     elif arg not in (None, ""):
-        raise ValueError(f"Unknown sweep variant {arg!r}; known: 'resnet50', 'cpu' "
-                         "(e.g. --sweep=configs/sweeps/vicreg_tico.py:cpu).")
+        raise sweep_lib.unknown_variant(arg, "vicreg_tico.py", ["resnet50", "cpu"])
     return sweep
