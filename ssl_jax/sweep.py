@@ -27,6 +27,7 @@ import time
 from absl import app
 from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
 from ssl_jax import learning_check
 from ssl_jax import metrics_log
@@ -550,7 +551,8 @@ COMMANDS = ("run", "list", "report")
 
 
 def _define_flags():
-    flags.DEFINE_string("sweep", None, "Sweep file, e.g. configs/sweeps/simclr_vs_byol.py or ...py:cpu.")
+    config_flags.DEFINE_config_file("sweep", None, "Sweep file, e.g. configs/sweeps/simclr_vs_byol.py or ...py:cpu; "
+                                    "its fields can be set as --sweep.FIELD=VALUE.", lock_config=True)
     flags.DEFINE_string("workdir", None, "The sweep's directory: DIR/<cell>/ per cell, DIR/results.* for all.")
     flags.DEFINE_list("cells", None, "run: only these cells, by 0-based index in `list` order or by name "
                       "(a SLURM array task runs one); no report is written then.")
@@ -570,11 +572,24 @@ def split_config_args(argv):
 def main(argv, extra_args=()):
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"Give one command: {' | '.join(COMMANDS)} (got {argv[1:]}).")
-    sys.exit(run_command(argv[1], load_config_file(FLAGS.sweep), extra_args))
+    sys.exit(run_command(argv[1], FLAGS.sweep, extra_args))
+
+
+def sweep_argument_problem(argv):
+    """One line on a `--sweep=FILE[:arg]` that does not load (no such file, an unknown variant), or None: checked
+    before absl parses it, which would bury get_config's message in a traceback."""
+    for arg in argv[1:]:
+        if arg.startswith("--sweep="):
+            try:
+                load_config_file(arg.split("=", 1)[1])
+            except Exception as e:  # noqa: BLE001 -- the sweep file's own message names the mistake
+                return f"{arg}: {str(e).strip().splitlines()[0]}"
+    return None
 
 
 def run_command(command, sweep, extra_args):
-    """`list`, `report` or `run` (which ends with a report); returns the exit status."""
+    """`list`, `report` or `run` (which ends with a report); returns the exit status: 0, 1 when a cell failed,
+    75 (runtime.PREEMPTED_EXIT_STATUS) when the sweep was stopped by a signal: run the same command again."""
     if command == "list":
         cells = expand(sweep)
         for cell in cells:
@@ -594,10 +609,12 @@ def run_command(command, sweep, extra_args):
               "are skipped, interrupted ones resume):", file=sys.stderr)
         for failure in failures:
             print(f"  {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return runtime.PREEMPTED_EXIT_STATUS if stopped else 1 if failures else 0
 
 
 if __name__ == "__main__":
     _define_flags()
     config_args, sys.argv = split_config_args(sys.argv)
+    if sweep_argument_problem(sys.argv):
+        runtime.exit_with_error(sweep_argument_problem(sys.argv))
     runtime.run_cli(lambda argv: main(argv, config_args), user_errors=(ValueError,))
