@@ -125,59 +125,65 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     return config
 
 
-def make_projection_std_fn(exp, num_images=512):
-    """state -> SimSiam's collapse indicator (`train_step.normalized_std`) of the projections of the first
-    `num_images` train images, unaugmented, in eval mode. Computed here, outside the train step, so that the step
-    (and its float rounding) stays what it is."""
+def make_collapse_probe(exp, num_images=512):
+    """state -> {'projection_std', 'feature_rank'} of the first `num_images` train images, unaugmented, in eval
+    mode: SimSiam's collapse indicator of the projections (`train_step.normalized_std`) and the effective rank of
+    the backbone features (`evaluate.effective_rank`). A BatchNorm on the projector's output keeps the first
+    healthy by construction; the second sees a collapse in the backbone behind it. Computed here, outside the
+    train step, so that the step (and its float rounding) stays what it is."""
     import jax
     import jax.numpy as jnp
 
     from ssl_jax import augment
+    from ssl_jax import evaluate
     from ssl_jax import train
     from ssl_jax import train_step
 
     images = exp.dataset.train.images[:num_images]
 
     @jax.jit
-    def projection_std(params, batch_stats):
+    def probe(params, batch_stats):
         x = augment.normalize(jnp.asarray(images, jnp.float32) / 255.0)
         out = exp.net.apply({"params": params, "batch_stats": batch_stats}, x, train=False, use_predictor=False)
-        return train_step.normalized_std(out["projection"])
+        return {"projection_std": train_step.normalized_std(out["projection"]),
+                "feature_rank": evaluate.effective_rank(out["features"])}
 
     def fn(state):
         host = train.local_copy(exp.dp.get_state(state))
-        return float(projection_std(host.params, host.batch_stats))
+        return {k: float(v) for k, v in probe(host.params, host.batch_stats).items()}
 
     return fn
 
 
 def train_logged(exp, state, step_fn, log_every=20, print_fn=print):
-    """Runs exp.total_steps steps from `state`; returns (state, [(step, loss, projection_std), ...]) for the
-    steps at every `log_every`, fetched as the loop goes."""
+    """Runs exp.total_steps steps from `state`; returns (state, [(step, loss, projection_std, feature_rank), ...]
+    for the steps at every `log_every`, fetched as the loop goes, initial feature rank)."""
     from ssl_jax import sharding
     from ssl_jax import train
 
+    probe = make_collapse_probe(exp)
+    initial_rank = probe(state)["feature_rank"]
+    print_fn(f"  step 0: feature_rank {initial_rank:.4g}")
     losses = []
-    projection_std = make_projection_std_fn(exp)
     batches = sharding.prefetch(train.host_batches(exp, 0), exp.dp.put_batch, 2)
     start = time.perf_counter()
     for step in range(1, exp.total_steps + 1):
         state, metrics = step_fn(state, next(batches))
         if step % log_every == 0 or step == exp.total_steps:
             scalars = {k: float(v) for k, v in exp.dp.get_metrics(metrics).items()}
-            scalars["projection_std"] = projection_std(state)
-            losses.append((step, scalars["loss"], scalars["projection_std"]))
+            scalars.update(probe(state))
+            losses.append((step, scalars["loss"], scalars["projection_std"], scalars["feature_rank"]))
             terms = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k not in QUIET_METRICS)
             print_fn(f"  step {step}/{exp.total_steps}: loss {scalars['loss']:.4f}, {terms} "
                      f"({time.perf_counter() - start:.0f} s)")
-    return state, losses
+    return state, losses, initial_rank
 
 
 def verdict(losses, gain, projection_dim, margin=DEFAULT_MARGIN):
     """Why a run fails the check ('' when it passes): a non-finite loss; collapse (the last normalised projection
     std below COLLAPSED_STD / sqrt(d)); a loss that rose over the last two thirds of the run; or a kNN gain over
     random initialisation below `margin`."""
-    values = [loss for _, loss, _ in losses]
+    values = [entry[1] for entry in losses]
     if not all(math.isfinite(v) for v in values):
         return "NaN loss"
     if losses[-1][2] * math.sqrt(projection_dim) < COLLAPSED_STD:
@@ -207,7 +213,7 @@ def check_method(method, dataset, margin=DEFAULT_MARGIN, steps=DEFAULT_STEPS, wi
         baselines[key] = train.evaluate_random_init(exp)
     baseline = baselines[key]
     state = exp.dp.put_state(train.initial_state(exp))
-    state, losses = train_logged(exp, state, train.make_step_fn(exp), print_fn=print_fn)
+    state, losses, initial_rank = train_logged(exp, state, train.make_step_fn(exp), print_fn=print_fn)
     trained = train.evaluate_state(exp, state)
     gain = trained["knn_top1"] - baseline["knn_top1_random_init"]
     failure = verdict(losses, gain, config.model.projection_dim, margin)
@@ -216,20 +222,22 @@ def check_method(method, dataset, margin=DEFAULT_MARGIN, steps=DEFAULT_STEPS, wi
         "knn_top1": trained["knn_top1"], "linear_top1": trained["linear_top1"],
         "knn_top1_random_init": baseline["knn_top1_random_init"],
         "linear_top1_random_init": baseline["linear_top1_random_init"],
-        "knn_gain": gain, "losses": losses, "failure": failure, "passed": not failure,
+        "knn_gain": gain, "losses": losses, "feature_rank_random_init": initial_rank,
+        "failure": failure, "passed": not failure,
         "seconds": time.perf_counter() - start,
     }
 
 
 def markdown_table(results, margin):
     rows = ["| method | kNN top-1 | linear top-1 | random init kNN / linear | kNN gain | loss, first -> last | "
-            "verdict |", "|---|---|---|---|---|---|---|"]
+            "feature rank, init -> last | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         first, last = r["losses"][0][1], r["losses"][-1][1]
         verdict = "learns" if r["passed"] else r["failure"]
         rows.append(f"| {r['method']} | {r['knn_top1']:.1%} | {r['linear_top1']:.1%} | "
                     f"{r['knn_top1_random_init']:.1%} / {r['linear_top1_random_init']:.1%} | "
-                    f"{100 * r['knn_gain']:+.1f} | {first:.4g} -> {last:.4g} | {verdict} |")
+                    f"{100 * r['knn_gain']:+.1f} | {first:.4g} -> {last:.4g} | "
+                    f"{r['feature_rank_random_init']:.1f} -> {r['losses'][-1][3]:.1f} | {verdict} |")
     return "\n".join(rows)
 
 

@@ -42,9 +42,11 @@ def test_check_method_compares_with_the_network_at_random_initialisation():
     baseline = train.evaluate_random_init(exp)
     assert result["knn_top1_random_init"] == pytest.approx(baseline["knn_top1_random_init"])
     assert result["linear_top1_random_init"] == pytest.approx(baseline["linear_top1_random_init"])
-    assert [step for step, _, _ in result["losses"]] == [3] and result["passed"] and result["failure"] == ""
+    assert [entry[0] for entry in result["losses"]] == [3] and result["passed"] and result["failure"] == ""
+    assert 1.0 <= result["losses"][-1][3] <= config.model.width * 8  # the backbone's feature rank, in [1, D]
+    assert 1.0 <= result["feature_rank_random_init"] <= config.model.width * 8
     assert result["knn_gain"] == pytest.approx(result["knn_top1"] - result["knn_top1_random_init"])
-    assert lines and "step 3/3" in lines[-1]
+    assert lines and "step 3/3" in lines[-1] and "feature_rank" in lines[-1] and "step 0" in lines[0]
     table = learning_check.markdown_table([result], margin=0.04)
     assert "| simclr |" in table and "learns" in table
 
@@ -92,3 +94,16 @@ def test_normalized_std_against_numpy():
     np.testing.assert_allclose(train_step.normalized_std(z), zn.std(axis=0).mean(), rtol=1e-5)
     collapsed = np.tile(z[:1], (64, 1))
     assert float(train_step.normalized_std(collapsed)) < 1e-3
+
+
+def test_effective_rank_against_numpy():
+    from ssl_jax import evaluate
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(128, 16)) * np.linspace(0.1, 3.0, 16)
+    s = np.linalg.svd(features, compute_uv=False)
+    p = s / s.sum() + 1e-7
+    np.testing.assert_allclose(evaluate.effective_rank(features), np.exp(-np.sum(p * np.log(p))), rtol=1e-4)
+    rank_one = np.outer(rng.normal(size=128), rng.normal(size=16))
+    assert float(evaluate.effective_rank(rank_one)) < 1.01
+    assert 15.0 < float(evaluate.effective_rank(rng.normal(size=(4096, 16)))) <= 16.0
