@@ -168,7 +168,8 @@ def one_run_cells(sweep, cells):
         every = math.gcd(*epochs)
         values = (("epochs", epochs[-1]),) + rest
         name = cell_name(method, values).replace(f"ep{epochs[-1]}", f"ep{epochs[-1]}-every{every}", 1)
-        overrides = group[-1].overrides + (("num_epochs", epochs[-1]), ("eval.every_epochs", every))
+        overrides = tuple(kv for a, v in values for kv in axis_overrides(sweep, a, v))
+        overrides += (("eval.every_epochs", every),)
         merged.append(Cell(name, method, values, overrides, tuple(epochs)))
     return merged
 
@@ -434,7 +435,7 @@ EPOCHS_SOURCES = {
 
 
 def write_csv(path, rows, axes):
-    columns = list(RESULT_COLUMNS[:2]) + list(axes) + list(RESULT_COLUMNS[2:])
+    columns = list(RESULT_COLUMNS[:2]) + list(axes) + [c for c in RESULT_COLUMNS[2:] if c not in axes]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
