@@ -293,18 +293,24 @@ def train(exp, workdir, stop_after_steps=None):
     pending = []
     logger.start(start_step)
     last_step = min(exp.total_steps, stop_after_steps or exp.total_steps)
+
+    def log_pending(step):
+        scalars = _fetch(pending)
+        _check_metrics(exp, checkpointer, step, scalars)
+        logger.write(step, scalars)
+        pending.clear()
+
     with runtime.PreemptionNotice() as notice:
         for step in range(start_step + 1, last_step + 1):
             state, metrics = step_fn(state, next(batches))
             metrics = exp.dp.get_metrics(metrics)
             jax.tree.map(lambda x: x.copy_to_host_async(), metrics)
             pending.append(metrics)
+            if step % config.log_every_steps == 0 or step == last_step:
+                log_pending(step)  # waits for the steps dispatched so far: a signal meanwhile stops at this step
             preempted = notice.reached(step)
-            if step % config.log_every_steps == 0 or step == last_step or preempted:
-                scalars = _fetch(pending)
-                _check_metrics(exp, checkpointer, step, scalars)
-                logger.write(step, scalars)
-                pending = []
+            if preempted and pending:
+                log_pending(step)
             if step % config.checkpoint_every_steps == 0 or step == last_step or preempted:
                 _save_if_finite(exp, checkpointer, step, state, force=step == last_step or preempted)
             if preempted:

@@ -78,7 +78,7 @@ def test_the_learning_check_names_a_bad_set_override():
 
 # ---- Training runs: one image folder and one good run shared by the tests below ----
 
-CLI_OVERRIDES = dict(batch_size=16, num_train_steps=8, checkpoint_every_steps=2, log_every_steps=1,
+CLI_OVERRIDES = dict(batch_size=16, num_train_steps=24, checkpoint_every_steps=2, log_every_steps=1,
                      xla_cpu_flags="none", **{"model.width": 4, "eval.knn_k": 5, "eval.linear_epochs": 1,
                                               "eval.random_init": False})
 
@@ -106,7 +106,8 @@ def cli_args(image_folder, workdir):
 
 @pytest.fixture(scope="module")
 def good_run(image_folder, tmp_path_factory):
-    """8 uninterrupted steps (checkpoints at 6 and 8 kept): the reference trajectory and a workdir to damage."""
+    """24 uninterrupted steps (checkpoints at 22 and 24 kept): the reference trajectory and a workdir to damage.
+    Long enough that the SIGTERM below lands while the run still trains, even on a busy machine."""
     workdir = tmp_path_factory.mktemp("good")
     config = cli_config(image_folder)
     train.train(train.build_experiment(config), str(workdir))
@@ -124,13 +125,13 @@ def test_sigterm_saves_the_step_in_flight_and_the_same_command_resumes_exactly(i
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=helpers.REPO,
                           env=env) as process:
         for line in process.stdout:
-            if line.startswith("step 3/"):
+            if line.startswith("step 2/"):
                 process.send_signal(signal.SIGTERM)
                 break
         stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == runtime.PREEMPTED_EXIT_STATUS, stderr[-3000:]
     saved = int(re.search(r"Stopped by SIGTERM at step (\d+): the checkpoint at step \1 is saved", stdout).group(1))
-    assert 3 <= saved < 8 and (tmp_path / "w" / "checkpoints" / str(saved)).is_dir()
+    assert 2 <= saved < 24 and (tmp_path / "w" / "checkpoints" / str(saved)).is_dir()
     assert not (tmp_path / "w" / "eval.json").exists()
 
     again = subprocess.run(command, capture_output=True, text=True, cwd=helpers.REPO, env=env, timeout=600)
@@ -149,10 +150,9 @@ def saved_steps(workdir):
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
-def restored_step(config, workdir):
+def restored_step(exp, workdir):
     """The step `train` would resume from in `workdir` (restore_or_init also checks that the state is finite)."""
-    exp = train.build_experiment(config)
-    checkpointer = checkpoint.Checkpointer(str(workdir / "checkpoints"), config.checkpoint_every_steps)
+    checkpointer = checkpoint.Checkpointer(str(workdir / "checkpoints"), exp.config.checkpoint_every_steps)
     try:
         return train.restore_or_init(exp, checkpointer)[1]
     finally:
@@ -168,31 +168,32 @@ def damage(step_dir):
 
 def test_a_diverging_run_stops_before_saving_and_keeps_the_good_checkpoint(image_folder, good_run, tmp_path):
     workdir = copy_run(good_run, tmp_path)
-    assert saved_steps(workdir) == [6, 8]
-    config = cli_config(image_folder, num_train_steps=16, **{"optimizer.base_lr": 1e25})
+    assert saved_steps(workdir) == [22, 24]
+    config = cli_config(image_folder, num_train_steps=32, **{"optimizer.base_lr": 1e25})
     with pytest.raises(train.TrainingDiverged, match=r"not finite|non-finite") as diverged:
         train.train(train.build_experiment(config), str(workdir))
-    assert re.search(r"at step (9|10); stopped without saving \(the last good checkpoint, step 8, is kept",
+    assert re.search(r"at step (25|26); stopped without saving \(the last good checkpoint, step 24, is kept",
                      str(diverged.value)), diverged.value
-    assert saved_steps(workdir) == [6, 8]
-    assert restored_step(config, workdir) == 8
+    assert saved_steps(workdir) == [22, 24]
+    assert restored_step(train.build_experiment(config), workdir) == 24
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_said_and_set_aside(image_folder, good_run, tmp_path, capsys):
     workdir = copy_run(good_run, tmp_path)
     checkpoints = workdir / "checkpoints"
-    damage(checkpoints / "8")
-    config = cli_config(image_folder)
-    assert restored_step(config, workdir) == 6
-    assert "Skipping the checkpoint at step 8 (" in capsys.readouterr().out
-    assert (checkpoints / "8.unreadable").is_dir() and saved_steps(workdir) == [6]
+    damage(checkpoints / "24")
+    exp = train.build_experiment(cli_config(image_folder))
+    assert restored_step(exp, workdir) == 22
+    assert "Skipping the checkpoint at step 24 (" in capsys.readouterr().out
+    assert (checkpoints / "24.unreadable").is_dir() and saved_steps(workdir) == [22]
 
-    damage(checkpoints / "6")
+    damage(checkpoints / "22")
     with pytest.raises(checkpoint.CheckpointError, match=r"no readable checkpoint .*nothing was changed.* "
                                                          r"--config.if_no_readable_checkpoint=start_over"):
-        restored_step(config, workdir)
-    assert saved_steps(workdir) == [6]
-    assert restored_step(cli_config(image_folder, if_no_readable_checkpoint="start_over"), workdir) == 0
+        restored_step(exp, workdir)
+    assert saved_steps(workdir) == [22]
+    exp.config.if_no_readable_checkpoint = "start_over"
+    assert restored_step(exp, workdir) == 0
     assert saved_steps(workdir) == []
 
 
