@@ -452,42 +452,58 @@ def _line_groups(rows, x_axis, axes):
     return others, groups
 
 
-def plot_axis(sweep, rows, axes, x_axis, path):
-    """accuracy_vs_<axis>.png: kNN and linear top-1 against the axis, one line per method (and per value of the
-    other axes), the published figures dashed in the same colour."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def _published_points(sweep, method, metric, x_axis, other_values):
+    """(x, %) of the published figures for one plotted line; `other_values`: the line's other axes."""
+    return sorted((p[x_axis], p["value"]) for p in sweep.published
+                  if p["method"] == method and p["metric"] == metric and p.get(x_axis) is not None
+                  and all(p.get(a) in (None, v) for a, v in other_values))
+
+
+def _finish_panel(panel, sweep, rows, x_axis, metric):
+    """Labels, the mean random-init accuracy (dotted), a log2 axis for batch sizes, the legend."""
+    import matplotlib.ticker
+
+    baseline = [100 * r[f"{metric}_random_init"] for r in rows if r.get(f"{metric}_random_init") is not None]
+    if baseline:
+        panel.axhline(sum(baseline) / len(baseline), color="grey", ls=":", label="random init (mean)")
+    panel.set_xlabel(sweep.axis_labels.get(x_axis, x_axis))
+    panel.set_ylabel(f"{metric.replace('_top1', '').replace('knn', 'kNN')} top-1 (%)")
+    if x_axis == "batch_size":
+        panel.set_xscale("log", base=2)
+        panel.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    panel.grid(alpha=0.3)
+    panel.legend(fontsize=7)
+
+
+def plot_axis(sweep, rows, axes, x_axis, path):
+    """accuracy_vs_<axis>.png: kNN and linear top-1 against the axis, one line per method (and per value of the
+    other axes), the published figures dashed in the same colour."""
     others, groups = _line_groups(rows, x_axis, axes)
     groups = {k: v for k, v in groups.items() if len({r[x_axis] for r in v}) > 1}
     if not groups:
         return None
+    plt = _pyplot()
     fig, panels = plt.subplots(1, 2, figsize=(11, 4.2))
     for (method, *other_values), group in groups.items():
-        label = method + "".join(f", {a} {v}" for a, v in zip(others, other_values) if len(
-            {r.get(a) for r in rows}) > 1)
+        other_values = list(zip(others, other_values))
+        label = method + "".join(f", {a} {v}" for a, v in other_values if len({r.get(a) for r in rows}) > 1)
         for panel, metric in zip(panels, ("knn_top1", "linear_top1")):
             points = sorted((r[x_axis], 100 * r[metric]) for r in group if r.get(metric) is not None)
             if not points:
                 continue
             line, = panel.plot(*zip(*points), "o-", label=label)
-            published = sorted((p[x_axis], p["value"]) for p in sweep.published
-                               if p["method"] == method and p["metric"] == metric and p.get(x_axis) is not None
-                               and all(p.get(a) in (None, v) for a, v in zip(others, other_values)))
+            published = _published_points(sweep, method, metric, x_axis, other_values)
             if published:
                 panel.plot(*zip(*published), "x--", color=line.get_color(), label=f"{label} (published)")
-    for panel, metric in zip(panels, ("kNN", "linear")):
-        baseline = [100 * r[f"{metric.lower()}_top1_random_init"] for r in rows
-                    if r.get(f"{metric.lower()}_top1_random_init") is not None]
-        if baseline:
-            panel.axhline(sum(baseline) / len(baseline), color="grey", ls=":", label="random init (mean)")
-        panel.set_xlabel(sweep.axis_labels.get(x_axis, x_axis))
-        panel.set_ylabel(f"{metric} top-1 (%)")
-        if x_axis == "batch_size":
-            panel.set_xscale("log", base=2)
-        panel.grid(alpha=0.3)
-        panel.legend(fontsize=7)
+    for panel, metric in zip(panels, ("knn_top1", "linear_top1")):
+        _finish_panel(panel, sweep, rows, x_axis, metric)
     fig.suptitle(f"{sweep.name}: accuracy vs {x_axis}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -497,9 +513,7 @@ def plot_axis(sweep, rows, axes, x_axis, path):
 
 def plot_methods(sweep, rows, path):
     """accuracy_by_method.png (when no epochs or batch axis varies): kNN and linear top-1 per cell, bars."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = [r for r in rows if r.get("knn_top1") is not None]
     if not rows:
