@@ -352,7 +352,7 @@ def matching_published(sweep, cells, method, values):
 def describe_published(p):
     budget = ", ".join(text for key, text in (("epochs", f"{p.get('epochs')} ep"),
                                                ("batch_size", f"batch {p.get('batch_size')}")) if p.get(key))
-    return f"{p['value']:.2f} {p['metric'].split('_')[0]} ({budget}; {p['source']})"
+    return f"{p['value']:.2f} {p['metric'].split('_')[0]} ({budget + '; ' if budget else ''}{p['source']})"
 
 
 def cell_rows(sweep, cells, cell, workdir):
@@ -512,21 +512,25 @@ def plot_axis(sweep, rows, axes, x_axis, path):
 
 
 def plot_methods(sweep, rows, path):
-    """accuracy_by_method.png (when no epochs or batch axis varies): kNN and linear top-1 per cell, bars."""
-    plt = _pyplot()
-
+    """accuracy_by_method.png (when no epochs or batch axis varies): kNN and linear top-1 per cell as bars, each
+    with its random-init accuracy (black line) and the method's published figures (red crosses)."""
     rows = [r for r in rows if r.get("knn_top1") is not None]
     if not rows:
         return None
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(rows)), 4))
-    x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [100 * r["knn_top1"] for r in rows], 0.4, label="kNN top-1")
-    ax.bar([i + 0.2 for i in x], [100 * (r.get("linear_top1") or 0) for r in rows], 0.4, label="linear top-1")
-    ax.plot([i for i in x], [100 * (r.get("linear_top1_random_init") or 0) for r in rows], "k_", ms=20,
-            label="linear, random init")
-    ax.set_xticks(list(x), [r["cell"] for r in rows], rotation=20, fontsize=7)
+    for offset, metric, label in ((-0.2, "knn_top1", "kNN"), (0.2, "linear_top1", "linear")):
+        x = [i + offset for i in range(len(rows))]
+        ax.bar(x, [100 * (r.get(metric) or 0) for r in rows], 0.4, label=f"{label} top-1")
+        ax.plot(x, [100 * (r.get(f"{metric}_random_init") or 0) for r in rows], "k_", ms=16,
+                label=f"{label}, random init")
+        published = [(xi, p["value"]) for xi, r in zip(x, rows) for p in sweep.published
+                     if p["method"] == r["method"] and p["metric"] == metric]
+        if published:
+            ax.plot(*zip(*published), "rx", label=f"{label}, published (results.md)")
+    ax.set_xticks(range(len(rows)), [r["cell"] for r in rows], rotation=20, fontsize=7)
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{sweep.name}")
+    ax.set_title(sweep.name)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
