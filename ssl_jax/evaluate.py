@@ -102,10 +102,11 @@ def _l2_normalize(x, eps=1e-12):
 def effective_rank(features, eps=1e-7):
     """RankMe (Garrido et al. 2023, Eq. 1): ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / sum(s) + eps`` over the
     singular values ``s`` of the [N, D] feature matrix. Between 1 (every example on one line: collapse) and D;
-    it needs no labels, and a backbone whose rank falls while its loss falls is collapsing dimensionally."""
-    s = jnp.linalg.svd(jnp.asarray(features, jnp.float32), compute_uv=False)
-    p = s / jnp.sum(s) + eps
-    return jnp.exp(-jnp.sum(p * jnp.log(p)))
+    it needs no labels, and a backbone whose rank falls while its loss falls is collapsing dimensionally.
+    On the host in float64: XLA's CPU fusions reject the SVD's layouts under our CPU flags."""
+    s = np.linalg.svd(np.asarray(features, np.float64), compute_uv=False)
+    p = s / np.sum(s) + eps
+    return float(np.exp(-np.sum(p * np.log(p))))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))

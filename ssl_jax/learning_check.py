@@ -145,12 +145,12 @@ def make_collapse_probe(exp, num_images=512):
     def probe(params, batch_stats):
         x = augment.normalize(jnp.asarray(images, jnp.float32) / 255.0)
         out = exp.net.apply({"params": params, "batch_stats": batch_stats}, x, train=False, use_predictor=False)
-        return {"projection_std": train_step.normalized_std(out["projection"]),
-                "feature_rank": evaluate.effective_rank(out["features"])}
+        return train_step.normalized_std(out["projection"]), out["features"]
 
     def fn(state):
         host = train.local_copy(exp.dp.get_state(state))
-        return {k: float(v) for k, v in probe(host.params, host.batch_stats).items()}
+        projection_std, features = probe(host.params, host.batch_stats)
+        return {"projection_std": float(projection_std), "feature_rank": evaluate.effective_rank(features)}
 
     return fn
 
