@@ -78,6 +78,18 @@ def test_cell_command_is_ssl_jax_main_with_the_cell_settings_last_the_command_li
         sweep_lib.cell_config(sweep, cell, ["--config.model.widht=3"])
 
 
+def test_command_line_settings_for_every_cell_and_sweep_file_mistakes_in_one_line():
+    extra, rest = sweep_lib.split_config_args(["sweep", "run", "--config.data.path=/d", "--workdir=/w"])
+    assert extra == ["--config.data.path=/d"] and rest == ["sweep", "run", "--workdir=/w"]
+    with pytest.raises(Exception, match="--config.data.path: write cell settings as --config.KEY=VALUE"):
+        sweep_lib.split_config_args(["sweep", "run", "--config.data.path", "/d"])
+    simclr_vs_byol = os.path.join(SWEEP_DIR, "simclr_vs_byol.py")
+    assert sweep_lib.sweep_argument_problem(["sweep", f"--sweep={simclr_vs_byol}:cpu"]) is None
+    assert "Unknown sweep variant 'gpu'; known: 'cpu'" in sweep_lib.sweep_argument_problem(
+        ["sweep", f"--sweep={simclr_vs_byol}:gpu"])
+    assert "is not a file" in sweep_lib.sweep_argument_problem(["sweep", "--sweep=configs/sweeps/none.py"])
+
+
 def test_published_figures_match_on_the_axes_that_vary():
     seed = dict(method="simclr", epochs=20, batch_size=64, metric="linear_top1", value=26.56, source="seed")
     other_budget = dict(method="simclr", epochs=200, batch_size=512, metric="knn_top1", value=84.8, source="l")
