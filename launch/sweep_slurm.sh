@@ -9,7 +9,8 @@
 #
 #   launch/sweep_slurm.sh configs/sweeps/simclr_vs_byol.py /shared/sweeps/simclr_vs_byol \
 #       --config.data.path=/shared/data/cifar-10-python.tar.gz
-#   SBATCH_ARGS="--partition=gpu --time=4:00:00" MAX_PARALLEL=4 launch/sweep_slurm.sh configs/sweeps/all_methods.py /shared/am
+#   SBATCH_ARGS="--partition=gpu --time=4:00:00" MAX_PARALLEL=4 \
+#       launch/sweep_slurm.sh configs/sweeps/all_methods.py /shared/sweeps/all_methods
 #
 # It loads the data once (launch/prefetch_data.py, with the first cell's settings) so the tasks do not all decode
 # it at once, counts the cells (`python -m ssl_jax.sweep list`), and submits this file twice: as the array

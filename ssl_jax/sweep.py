@@ -44,6 +44,13 @@ PLOT_AXES = ("epochs", "batch_size")
 RESULT_COLUMNS = ("cell", "method", "source", "epoch", "steps", "batch_size", *METRICS,
                   *(f"{m}_random_init" for m in METRICS), "published", "status")
 
+EPOCHS_SOURCES = {
+    "runs": "a separate run per epochs value (each with its own learning-rate schedule), as the seed studies did.",
+    "one_run": "one run per line to the most epochs, its kNN evaluated during training at the smaller epochs "
+               "(metrics.jsonl, config.eval.every_epochs; the learning rate there has not decayed to its end, and "
+               "linear figures exist at the last epoch only).",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
@@ -132,6 +139,8 @@ def cell_name(method, values):
 
 def expand(sweep):
     """The sweep's cells, in order, each combination once (grids may share cells)."""
+    if sweep.epochs_from not in EPOCHS_SOURCES:
+        raise ValueError(f"epochs_from={sweep.epochs_from!r}: use 'runs' or 'one_run' (e.g. --sweep.epochs_from=runs).")
     axes = axis_order(sweep)
     cells = {}
     for grid in sweep.grids:
@@ -415,23 +424,17 @@ def markdown_report(sweep, rows, axes, plots):
     for r in rows:
         random_init = (f"{_percent(r.get('knn_top1_random_init'))} / {_percent(r.get('linear_top1_random_init'))}"
                        if r.get("knn_top1_random_init") is not None else "")
-        linear = f"{_percent(r['linear_top1'])} / {_percent(r['linear_top5'])}" if r.get("linear_top1") is not None else ""
+        linear = (f"{_percent(r['linear_top1'])} / {_percent(r['linear_top5'])}"
+                  if r.get("linear_top1") is not None else "")
+        status = r["source"] if r["status"] == "finished" and r["source"] != "run" else r["status"]
         cells = [r["method"], *(str(r.get(a, "")) for a in axes), _trained(r), _percent(r.get("knn_top1")),
-                 linear, random_init, r["published"], r["status"] if r["source"] == "run" else r["source"]]
+                 linear, random_init, r["published"], status]
         lines.append("| " + " | ".join(cells) + " |")
     if sweep.published:
         lines += ["", "Published figures (percent; epochs, batch size, kNN or linear top-1, source):", ""]
         lines += [f"- {p['method']}: {describe_published(p)}" for p in sweep.published]
     lines += [""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     return "\n".join(lines) + "\n"
-
-
-EPOCHS_SOURCES = {
-    "runs": "a separate run per epochs value (each with its own learning-rate schedule), as the seed studies did.",
-    "one_run": "one run per line to the most epochs, its kNN evaluated during training at the smaller epochs "
-               "(metrics.jsonl, config.eval.every_epochs; the learning rate there has not decayed to its end, and "
-               "linear figures exist at the last epoch only).",
-}
 
 
 def write_csv(path, rows, axes):

@@ -74,7 +74,8 @@ def test_cell_command_is_ssl_jax_main_with_the_cell_settings_last_the_command_li
                         "--config.data.path=/d x"]
     config = sweep_lib.cell_config(sweep, cell, ["--config.eval.knn_k=7"])
     assert (config.model.width, config.batch_size, config.eval.knn_k, config.method) == (4, 32, 7, "byol")
-    with pytest.raises(ValueError, match="cell byol_bs32: --config.model.widht=3: config.model has no key .widht. \\(did you mean .width.\\?\\)"):
+    with pytest.raises(ValueError, match=r"cell byol_bs32: --config.model.widht=3: config.model has no key "
+                                         r".widht. \(did you mean .width.\?\)"):
         sweep_lib.cell_config(sweep, cell, ["--config.model.widht=3"])
 
 
