@@ -275,8 +275,9 @@ class SweepClock:
 def run_cell(command, celldir, prefix, print_fn=print):
     """Runs one cell's shell command, its output appended to DIR/<cell>/sweep.log and echoed with `prefix`.
 
-    A SIGTERM to the sweep (a scheduler's preemption) is passed on to the cell, which ends as a stopped run does.
-    Returns (exit status, the last line of output, whether the sweep was told to stop)."""
+    A SIGTERM to the sweep (a scheduler's preemption) is passed on to the cell, which saves and exits 75; after a
+    SIGTERM or Ctrl-C the sweep stops once the cell has. Returns (exit status, the last line of output, whether
+    the sweep was told to stop)."""
     os.makedirs(celldir, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     last_line, terminated = "no output", []
@@ -284,11 +285,12 @@ def run_cell(command, celldir, prefix, print_fn=print):
             shlex.split(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         log.write(f"$ {command}\n")
 
-        def forward(signum, frame):
+        def stop(signum, frame):
             terminated.append(signum)
-            proc.send_signal(signum)
+            if signum == signal.SIGTERM:  # Ctrl-C's SIGINT reaches the cell from the terminal by itself
+                proc.send_signal(signum)
 
-        previous = signal.signal(signal.SIGTERM, forward)
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -297,7 +299,8 @@ def run_cell(command, celldir, prefix, print_fn=print):
                 last_line = line.strip() or last_line
             status = proc.wait()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return status, last_line, bool(terminated)
 
 
