@@ -18,11 +18,11 @@ Published figures (top-1 %, CIFAR-10, ResNet-18 with the CIFAR stem):
     the offline linear classifier. No TiCo or VICReg+TiCo figure.
 
 Expected time on one H200, from SimCLR ResNet-18's measured 1.2 s per epoch at batch 512 (about 42,000 images/s)
-and the step FLOPs `ssl_jax.bench` counts (docs/sweeps.md): default 8 x 200 = 1,600 epochs, 32 min at SimCLR's rate;
-the other methods' steps count up to 1.3x SimCLR's FLOPs (their wider heads, EMA targets), so about 40 min; plus each
-cell's evaluation (kNN and a 100-epoch linear probe, twice with the random-init baseline). `:long` 8 x 1000 =
-8,000 epochs, 2.7 h at SimCLR's rate, about 3.5 h, more as batch 256 fills the GPU less than 512 (not measured).
-An H100 has less memory bandwidth than an H200: expect longer.
+and the FLOPs per image `python -m ssl_jax.flops` counts relative to SimCLR's (docs/sweeps.md: 1.02x for VICReg,
+VICReg+TiCo, Barlow Twins and SimSiam, 1.34x for BYOL, TiCo and MoCo v3; 9.10 for the eight together): default
+200 x 1.2 s x 9.10 = 36 min, `:long` 1000 x 1.2 s x 9.10 = 3.0 h. Lower bounds: batch 256 fills the GPU less than
+512 (not measured), an H100 has less memory bandwidth than an H200, and each cell adds its evaluation (kNN and a
+100-epoch linear probe, twice with the random-init baseline).
 
 `:cpu`: each method's `:smoke` config (ResNet-18 width 8), 20 steps at batch 64 each: run, resume and report in a
 few minutes per method on 2 CPU cores; not the published accuracies.

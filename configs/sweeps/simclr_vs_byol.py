@@ -9,13 +9,12 @@ epochs and batch size, its learning rate scaled linearly with the batch as the c
     python -m ssl_jax.sweep run --sweep=configs/sweeps/simclr_vs_byol.py:cpu --workdir=/tmp/sw \
         --config.data.path=../shared/data/cifar10-jpeg.tar.gz
 
-Full variant, 14 cells (7 per method), 1,000 epochs of training in all (per method 20+40+60+80+100 at batch 64,
-100 at 128, 100 at 256): at SimCLR ResNet-18's measured rate of about 42,000 images/s (batch 512, one H200: 1.2 s
-per 50,000-image epoch), 1,000 epochs take 1,000 x 1.2 s = 20 min. That is a lower bound: batches of 64-256 fill
-the GPU less than 512 does (slower per image; not measured), BYOL's step adds the EMA target's forward pass
-(about 20% more FLOPs than SimCLR's, `ssl_jax.bench` at batch 16 on the CPU: docs/sweeps.md), an H100 has less
-memory bandwidth than an H200, and each cell adds its evaluation (kNN, a 100-epoch linear probe, and both again
-for the random-init baseline).
+Full variant, 14 cells (7 per method), 500 epochs of training per method (20+40+60+80+100 at batch 64, 100 at
+128, 100 at 256). Expected time on one H200, from SimCLR ResNet-18's measured 1.2 s per 50,000-image epoch at batch
+512 (about 42,000 images/s) and the FLOPs per image `python -m ssl_jax.flops` counts (BYOL 1.34x SimCLR's: the EMA
+target's forward and the predictor; docs/sweeps.md): 500 x 1.2 s x (1 + 1.34) = 23 min. A lower bound: batches of
+64-256 fill the GPU less than 512 does (not measured), an H100 has less memory bandwidth than an H200, and each
+cell adds its evaluation (kNN, a 100-epoch linear probe, and both again for the random-init baseline).
 
 `:cpu`: the same cells shrunk for 2 CPU cores (each method's `:smoke` config: ResNet-18 width 8, small heads,
 evaluation on 5,000 train images) with epochs 20 and 100 at batch 64 and batches 64 and 128 at 100 epochs; a

@@ -13,11 +13,11 @@ TiCo and VICReg+TiCo do not learn yet (issue 12, README's learning check); the s
         --config.data.path=../shared/data/cifar10-jpeg.tar.gz
 
 Expected time on one H200, from SimCLR ResNet-18's measured 1.2 s per epoch at batch 512 (about 42,000 images/s)
-and the step FLOPs `ssl_jax.bench` counts (docs/sweeps.md): 3 cells x 100 epochs = 300 epochs, 6 min at SimCLR's
-rate; the three methods' steps count 1.2-1.3x SimCLR's FLOPs (their 2048-d and 4096-d heads, TiCo's EMA target),
-so about 8 min, more at batch 256 than 512 fills the GPU less (not measured). `:resnet50`: ResNet-50's step counts
-about 2.3x ResNet-18's FLOPs, so about 20 min. Each cell adds its evaluation (kNN and a 100-epoch linear probe, twice
-with the random-init baseline). An H100 has less memory bandwidth than an H200: expect longer.
+and the FLOPs per image `python -m ssl_jax.flops` counts relative to SimCLR's (docs/sweeps.md): VICReg and
+VICReg+TiCo 1.02x, TiCo 1.34x (its EMA target's forward): 100 x 1.2 s x (1.02 + 1.34 + 1.02) = 7 min. `:resnet50`
+(2.37x, 3.15x, 2.37x): 100 x 1.2 s x 7.89 = 16 min. Lower bounds: batch 256 fills the GPU less than 512, ResNet-50
+need not run at ResNet-18's FLOP rate, an H100 has less memory bandwidth than an H200 (none of these measured), and
+each cell adds its evaluation (kNN and a 100-epoch linear probe, twice with the random-init baseline).
 
 `:cpu`: each method's `:smoke` config (ResNet-18 width 8), 30 steps at batch 64: a few minutes on 2 CPU cores for
 run, resume and report; not the study's accuracies.
