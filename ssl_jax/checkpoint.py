@@ -2,14 +2,18 @@
 
 The state is saved as its flax state dict (nested dicts of arrays), so any method's slots (EMA target, loss
 state, probe) round-trip without orbax needing to know the dataclass. Every process calls `save`; orbax writes
-cooperatively on several hosts.
+cooperatively on several hosts. A save costs the training loop only a copy of the state on its devices: the host
+copy, the check and orbax's own work run on a writer thread (docs/benchmarks.md, "Checkpoints and evaluation in the
+loop").
 """
+import concurrent.futures
 import contextlib
 import json
 import os
 
 import flax
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 ENCODER_CONFIG_FILE = "encoder_config.json"
@@ -21,6 +25,29 @@ def _abstract(tree):
 
 class CheckpointError(Exception):
     """A checkpoint could not be written or read; the message says what to do."""
+
+
+class StateRefused(Exception):
+    """`save`'s check refused the state at `step` (`reason`, e.g. non-finite values): nothing was written."""
+
+    def __init__(self, step, reason):
+        super().__init__(f"the state at step {step} was not saved: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+def device_copy(tree):
+    """A copy of every jax.Array in `tree` on the devices it lives on (numpy leaves copied on the host): the
+    caller may then donate or change the originals. Asynchronous, and compiles nothing."""
+    leaves, treedef = jax.tree.flatten(tree)
+    on_devices = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)]
+    copies = dict(zip(on_devices, jax.device_put([leaves[i] for i in on_devices], may_alias=False)))
+    return treedef.unflatten([copies[i] if i in copies else np.array(x, copy=True) for i, x in enumerate(leaves)])
+
+
+def host_view(tree):
+    """This process's copy of each (replicated) array in `tree` as numpy, waiting for it to be computed."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
 UNREADABLE_SUFFIX = ".unreadable"  # a skipped checkpoint's directory is renamed STEP.unreadable (orbax ignores it)
@@ -54,6 +81,8 @@ class Checkpointer:
                                                create=True, enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self.saving_step = None
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._pending = None  # the Future of the save handed to the writer thread
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -62,13 +91,32 @@ class Checkpointer:
         """The saved steps, newest first."""
         return sorted(self.manager.all_steps(), reverse=True)
 
-    def save(self, step, state, force=False):
-        """Saves when `step` is on the interval (or `force`); asynchronous, finished by `wait`/`close`."""
-        self.wait()  # orbax waits for the previous save anyway; waiting here names the step if that one failed
-        state_dict = flax.serialization.to_state_dict(state)
+    def save(self, step, state, force=False, check=None):
+        """Saves when `step` is on the interval (or `force`), without waiting: the state is copied on its devices
+        and the writer thread fetches it, passes it to `check` (host arrays -> None, or why not to save: then
+        nothing is written and `StateRefused` is raised by the next `save`, `poll`, `wait` or `close`) and hands
+        it to orbax. Waits only for a previous save still in flight."""
+        self.wait()
+        snapshot = device_copy(flax.serialization.to_state_dict(state))
         self.saving_step = int(step)
+        self._pending = self._writer.submit(self._write, int(step), snapshot, force, check)
+
+    def _write(self, step, state_dict, force, check):
+        reason = check(host_view(state_dict)) if check else None
+        if reason:
+            raise StateRefused(step, reason)
         with self._save_errors():
-            return self.manager.save(int(step), args=ocp.args.StandardSave(state_dict), force=force)
+            self.manager.save(step, args=ocp.args.StandardSave(state_dict), force=force)
+
+    def poll(self):
+        """Raises the error of a save that has finished with one (`StateRefused`, `CheckpointError`); never waits."""
+        if self._pending is not None and self._pending.done():
+            self._finish_pending()
+
+    def _finish_pending(self):
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def restore(self, template_state, step=None):
         """The state saved at `step` (default the latest), with the shapes, dtypes and shardings of the template."""
@@ -102,12 +150,17 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self):
+        """Waits for the save in flight to be written; raises its error."""
+        self._finish_pending()
         with self._save_errors():
             self.manager.wait_until_finished()
 
     def close(self):
-        self.wait()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self._writer.shutdown()
+            self.manager.close()
 
     @contextlib.contextmanager
     def _save_errors(self):

@@ -180,18 +180,12 @@ class Preempted(Exception):
 NO_READABLE_CHECKPOINT_CHOICES = ("stop", "start_over")
 
 
-@jax.jit
-def _finite_parts(state_dict):
-    return {k: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(v)
-                                  if jnp.issubdtype(x.dtype, jnp.inexact)] or [jnp.array(True)]))
-            for k, v in state_dict.items()}
-
-
 def nonfinite_parts(state):
-    """The names of the state's fields (params, opt_state, ...) holding a NaN or inf: one device reduction and one
-    small fetch, done only where a state is saved or restored."""
-    flags = local_copy(_finite_parts(flax.serialization.to_state_dict(state)))
-    return sorted(k for k, finite in flags.items() if not finite)
+    """The names of the state's fields (params, opt_state, ...) holding a NaN or inf, checked on the host (no
+    compile: a jitted check cost the first save 1.8 s, docs/benchmarks.md)."""
+    host = checkpoint.host_view(flax.serialization.to_state_dict(state))
+    return sorted(k for k, v in host.items() if not all(
+        np.isfinite(x).all() for x in jax.tree.leaves(v) if np.issubdtype(np.asarray(x).dtype, np.inexact)))
 
 
 def _unusable_reason(state):
@@ -232,8 +226,12 @@ def _fetch(pending):
 
 
 def _diverged(exp, checkpointer, step, what):
-    """Waits for the saves in flight (all checked finite) and builds the error naming the last good checkpoint."""
-    checkpointer.close()
+    """Waits for the saves in flight (each is checked finite before it is written) and builds the error naming the
+    last good checkpoint."""
+    try:
+        checkpointer.close()
+    except checkpoint.StateRefused:
+        pass  # not written; the error below names the newest checkpoint that was
     good = checkpointer.latest_step()
     kept = (f"the last good checkpoint, step {good}, is kept in {checkpointer.directory}" if good is not None
             else "no checkpoint had been saved")
@@ -251,17 +249,36 @@ def _check_metrics(exp, checkpointer, step, scalars):
 
 
 def _save_if_finite(exp, checkpointer, step, state, force):
-    """Saves the state at `step` unless it holds a NaN or inf (then stops: see `_diverged`)."""
-    state = exp.dp.get_state(state)
-    parts = nonfinite_parts(state)
-    if parts:
-        raise _diverged(exp, checkpointer, step, f"non-finite values in the state's {', '.join(parts)}")
-    if checkpointer.latest_step() != step:
-        checkpointer.save(step, state, force=force)
+    """Starts saving the state at `step`; the writer thread refuses it if it holds a NaN or inf (see `_poll_saves`).
+    Returns the seconds the loop spent here."""
+    start = time.perf_counter()
+    if step != checkpointer.saving_step:
+        checkpointer.save(step, exp.dp.get_state(state), force=force, check=_unusable_reason)
+    return time.perf_counter() - start
 
 
-def _stop_preempted(checkpointer, logger, step, signal_name):
-    checkpointer.close()
+def _refused(exp, checkpointer, refused):
+    return _diverged(exp, checkpointer, refused.step, f"{refused.reason} of the state")
+
+
+def _poll_saves(exp, checkpointer):
+    """Stops with `TrainingDiverged` once the writer has refused a non-finite state (nothing was written)."""
+    try:
+        checkpointer.poll()
+    except checkpoint.StateRefused as refused:
+        raise _refused(exp, checkpointer, refused) from None
+
+
+def _finish_saves(exp, checkpointer):
+    """Waits for the save in flight and closes the checkpointer; a refused state stops as in `_poll_saves`."""
+    try:
+        checkpointer.close()
+    except checkpoint.StateRefused as refused:
+        raise _refused(exp, checkpointer, refused) from None
+
+
+def _stop_preempted(exp, checkpointer, logger, step, signal_name):
+    _finish_saves(exp, checkpointer)
     logger.close()
     message = (f"Stopped by {signal_name} at step {step}: the checkpoint at step {step} is saved in "
                f"{checkpointer.directory}; run the same command again to resume from it.")
@@ -274,7 +291,8 @@ def train(exp, workdir, stop_after_steps=None):
 
     `stop_after_steps` ends this run early at that step (as a preempted job would), after a checkpoint.
     SIGTERM/SIGINT finish the step in flight, save it and raise `Preempted`; a non-finite loss (checked at each
-    log line) or state (checked before each save) raises `TrainingDiverged` without saving.
+    log line) or state (checked by the checkpoint writer before each save) raises `TrainingDiverged` without saving.
+    Time spent on checkpoints and evaluations is left out of the progress line's images/s and said beside it.
     """
     config = exp.config
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every_steps,
@@ -312,13 +330,17 @@ def train(exp, workdir, stop_after_steps=None):
             if preempted and pending:
                 log_pending(step)
             if step % config.checkpoint_every_steps == 0 or step == last_step or preempted:
-                _save_if_finite(exp, checkpointer, step, state, force=step == last_step or preempted)
+                logger.exclude("checkpoint", _save_if_finite(exp, checkpointer, step, state,
+                                                             force=step == last_step or preempted))
             if preempted:
-                raise _stop_preempted(checkpointer, logger, step, notice.signal_name)
+                raise _stop_preempted(exp, checkpointer, logger, step, notice.signal_name)
+            _poll_saves(exp, checkpointer)
             if eval_every and step % eval_every == 0 and step < exp.total_steps:
-                logger.write(step, evaluate_state(exp, state, linear=False), prefix="eval")
-                logger.start(step)
-    checkpointer.close()
+                jax.block_until_ready(state)  # the steps in flight count as training, not evaluation
+                results = evaluate_state(exp, state, linear=False)
+                logger.exclude("eval", results["eval_seconds"])
+                logger.write(step, results, prefix="eval")
+    _finish_saves(exp, checkpointer)
     logger.close()
     return state
 
