@@ -41,7 +41,8 @@ def device_copy(tree):
     caller may then donate or change the originals. Asynchronous, and compiles nothing."""
     leaves, treedef = jax.tree.flatten(tree)
     on_devices = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)]
-    copies = dict(zip(on_devices, jax.device_put([leaves[i] for i in on_devices], may_alias=False)))
+    arrays = [leaves[i] for i in on_devices]
+    copies = dict(zip(on_devices, jax.device_put(arrays, [x.sharding for x in arrays], may_alias=False)))
     return treedef.unflatten([copies[i] if i in copies else np.array(x, copy=True) for i, x in enumerate(leaves)])
 
 
