@@ -107,6 +107,7 @@ def base_config():
         momentum=0.9,
         trust_coefficient=1e-3,      # LARS eta (You et al. 2017; SimCLR)
         clip_lr=False,               # LARS: clip the trust ratio at plain SGD's step (solo-learn clip_lr; SimCLR: no)
+        fixed_predictor_lr=False,    # predictor at the peak lr throughout (SimSiam's official --fix-pred-lr)
         warmup_epochs=10.0,          # SimCLR: 10 warm-up epochs, then cosine decay
         b1=0.9, b2=0.999,            # AdamW only
     ))

@@ -78,21 +78,35 @@ def lars(schedule, weight_decay, trust_coefficient, momentum, clip_lr=False):
     )
 
 
+def _transformation(opt_config, learning_rate):
+    """The optimizer named by `opt_config.name` at `learning_rate` (a schedule or a constant)."""
+    name = opt_config.name
+    if name == "lars":
+        return lars(learning_rate, opt_config.weight_decay, opt_config.trust_coefficient, opt_config.momentum,
+                    clip_lr=opt_config.clip_lr)
+    if name == "sgd":
+        return optax.chain(optax.add_decayed_weights(opt_config.weight_decay, mask=decay_mask),
+                           optax.sgd(learning_rate, momentum=opt_config.momentum))
+    if name == "adamw":
+        return optax.adamw(learning_rate, b1=opt_config.b1, b2=opt_config.b2,
+                           weight_decay=opt_config.weight_decay, mask=decay_mask)
+    raise ValueError(f"config.optimizer.name={name!r} is not known; use 'lars', 'sgd' or 'adamw'.")
+
+
+def predictor_labels(params):
+    """'fixed' for the predictor's parameters, 'scheduled' for every other top-level module's."""
+    return {module: jax.tree.map(lambda _, m=module: "fixed" if m == "predictor" else "scheduled", subtree)
+            for module, subtree in params.items()}
+
+
 def make_optimizer(opt_config, batch_size, steps_per_epoch, total_steps):
-    """Builds the optax transformation and its schedule from `config.optimizer`."""
+    """Builds the optax transformation and its schedule from `config.optimizer`. With `fixed_predictor_lr` the
+    predictor trains at the peak learning rate throughout, the rest on the schedule (SimSiam's --fix-pred-lr)."""
     peak_lr = scaled_learning_rate(opt_config.base_lr, batch_size, opt_config.lr_scaling)
     warmup_steps = int(math.ceil(opt_config.warmup_epochs * steps_per_epoch))
     schedule = learning_rate_schedule(peak_lr, warmup_steps, total_steps)
-    name = opt_config.name
-    if name == "lars":
-        tx = lars(schedule, opt_config.weight_decay, opt_config.trust_coefficient, opt_config.momentum,
-                  clip_lr=opt_config.clip_lr)
-    elif name == "sgd":
-        tx = optax.chain(optax.add_decayed_weights(opt_config.weight_decay, mask=decay_mask),
-                         optax.sgd(schedule, momentum=opt_config.momentum))
-    elif name == "adamw":
-        tx = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
-                         weight_decay=opt_config.weight_decay, mask=decay_mask)
-    else:
-        raise ValueError(f"config.optimizer.name={name!r} is not known; use 'lars', 'sgd' or 'adamw'.")
+    tx = _transformation(opt_config, schedule)
+    if opt_config.get("fixed_predictor_lr", False):
+        tx = optax.multi_transform({"scheduled": tx, "fixed": _transformation(opt_config, peak_lr)},
+                                   predictor_labels)
     return tx, schedule

@@ -98,3 +98,23 @@ def test_clipped_lars_steps_no_further_than_sgd(trust_coefficient):
         bias_velocity = 0.9 * bias_velocity + lr * np.asarray(grads["b"], np.float64)
         np.testing.assert_allclose(updates["k"], -velocity, rtol=1e-4)
         np.testing.assert_allclose(updates["b"], -bias_velocity, rtol=1e-4)
+
+
+def test_fixed_predictor_lr_keeps_the_predictor_at_the_peak_rate():
+    """SimSiam's --fix-pred-lr: plain SGD steps of -lr x gradient, the predictor's at the peak lr while the rest
+    follow the warm-up and cosine schedule."""
+    config = _opt_config(name="sgd", momentum=0.0, weight_decay=0.0, base_lr=0.5, warmup_epochs=1.0,
+                         fixed_predictor_lr=True)
+    tx, schedule = optim.make_optimizer(config, batch_size=256, steps_per_epoch=10, total_steps=100)
+    params = {"backbone": {"kernel": jnp.ones((2, 3))}, "projector": {"bias": jnp.ones(3)},
+              "predictor": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = tx.init(params)
+    for step in range(30):
+        updates, state = tx.update(grads, state, params)
+        scheduled = float(schedule(step))
+        np.testing.assert_allclose(updates["backbone"]["kernel"], -scheduled, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(updates["projector"]["bias"], -scheduled, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(updates["predictor"]["kernel"], -0.5, rtol=1e-6)
+        np.testing.assert_allclose(updates["predictor"]["bias"], -0.5, rtol=1e-6)
+    assert float(schedule(0)) == 0.0 and float(schedule(29)) < 0.5
