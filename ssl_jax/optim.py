@@ -95,8 +95,10 @@ def _transformation(opt_config, learning_rate):
 
 def predictor_labels(params):
     """'fixed' for the predictor's parameters, 'scheduled' for every other top-level module's."""
-    return {module: jax.tree.map(lambda _, m=module: "fixed" if m == "predictor" else "scheduled", subtree)
-            for module, subtree in params.items()}
+    def label(module):
+        return "fixed" if module == "predictor" else "scheduled"
+
+    return {module: jax.tree.map(lambda _, name=label(module): name, subtree) for module, subtree in params.items()}
 
 
 def make_optimizer(opt_config, batch_size, steps_per_epoch, total_steps):
