@@ -56,7 +56,9 @@ def _define_flags():
     flags.DEFINE_float("margin", DEFAULT_MARGIN, "kNN top-1 a method must gain over random initialisation.")
     flags.DEFINE_integer("width", 8, "ResNet-18 base width.")
     flags.DEFINE_string("workdir", "/tmp/ssl_jax_learning_check", "Where results.json and results.md go.")
-    flags.DEFINE_list("set", [], "Extra config overrides for every method, as key=value (e.g. loss.rho=20).")
+    flags.DEFINE_multi_string("set", [], "Extra config overrides for every method, as key=value (e.g. loss.rho=20); "
+                              "several at once comma-separated or as repeated flags; JSON values may hold commas "
+                              "(model.projector_hidden=[2048,512]).")
     flags.DEFINE_string("report", None, "Instead of checking: print a table of the eval.json in DIR/<method>/ "
                         "(the runs of launch/compare_methods.sh).")
 
@@ -87,6 +89,21 @@ def set_value(config, dotted_key, value):
             pass
         value = tuple(value) if isinstance(current, tuple) else type(current)(value)
     node[leaf] = value
+
+
+def split_overrides(values):
+    """The --set values as one list of key=value items: each value split at its commas outside brackets, so
+    `a=1,b=[2,3]` is two items."""
+    items = []
+    for value in values:
+        depth, start = 0, 0
+        for i, char in enumerate(value + ","):
+            depth += (char in "[(") - (char in "])")
+            if char == "," and depth == 0:
+                if value[start:i]:
+                    items.append(value[start:i])
+                start = i + 1
+    return items
 
 
 def overrides_problem(method, overrides):
@@ -272,8 +289,9 @@ def main(argv):
     unknown = [m for m in FLAGS.methods if m not in METHOD_CONFIGS]
     if unknown:
         sys.exit(f"error: unknown --methods {unknown}; choose from {', '.join(METHOD_CONFIGS)}.")
+    overrides = split_overrides(FLAGS.set)
     for method in FLAGS.methods:
-        problem = overrides_problem(method, FLAGS.set)
+        problem = overrides_problem(method, overrides)
         if problem:
             runtime.exit_with_error(problem)
     if not FLAGS.data:
@@ -290,7 +308,7 @@ def main(argv):
     results, baselines = [], {}
     for i, method in enumerate(FLAGS.methods):
         print(f"[{i + 1}/{len(FLAGS.methods)}] {method}: {FLAGS.steps} steps at width {FLAGS.width}", flush=True)
-        r = check_method(method, dataset, FLAGS.margin, FLAGS.steps, FLAGS.width, FLAGS.set,
+        r = check_method(method, dataset, FLAGS.margin, FLAGS.steps, FLAGS.width, overrides,
                          print_fn=lambda line: print(line, flush=True), baselines=baselines)
         print(f"  kNN {r['knn_top1']:.1%} (random init {r['knn_top1_random_init']:.1%}), linear "
               f"{r['linear_top1']:.1%} (random init {r['linear_top1_random_init']:.1%}): "

@@ -107,3 +107,10 @@ def test_effective_rank_against_numpy():
     rank_one = np.outer(rng.normal(size=128), rng.normal(size=16))
     assert float(evaluate.effective_rank(rank_one)) < 1.01
     assert 15.0 < float(evaluate.effective_rank(rng.normal(size=(4096, 16)))) <= 16.0
+
+
+def test_set_values_split_at_commas_outside_brackets():
+    got = learning_check.split_overrides(["loss.rho=2,model.projector_hidden=[2048,512]", "seed=1", ""])
+    assert got == ["loss.rho=2", "model.projector_hidden=[2048,512]", "seed=1"]
+    config = learning_check.check_config("simsiam", 2, 4, got[1:])
+    assert config.model.projector_hidden == (2048, 512) and config.seed == 1
