@@ -17,7 +17,7 @@ def test_a_save_keeps_the_state_as_it_was_though_the_caller_then_donates_it(tmp_
     donated = jax.jit(lambda x: x * 0, donate_argnums=0)(state["params"])  # as the next train step does
     checkpointer.close()
     again = checkpoint.Checkpointer(str(tmp_path), save_every_steps=1)
-    restored = again.restore({"params": np.zeros(1000, np.float32), "step": np.array(0)})
+    restored = again.restore({"params": np.zeros(1000, np.float32), "step": np.array(0, np.int32)})
     again.close()
     np.testing.assert_array_equal(restored["params"], expected)
     assert int(restored["step"]) == 3 and float(donated.sum()) == 0

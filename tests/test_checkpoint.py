@@ -1,0 +1,66 @@
+"""Checkpoint format: the state's arrays packed into one buffer per dtype, restored leaf for leaf."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ssl_jax import checkpoint
+
+
+def _state(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"params": {"conv": {"kernel": rng.standard_normal((3, 3, 2, 4)).astype(np.float32)},
+                       "dense": {"bias": rng.standard_normal(5).astype(jnp.bfloat16)}},
+            "batch_stats": {}, "step": np.array(7, np.int32),
+            "opt_state": {"mu": rng.standard_normal((4, 2)).astype(np.float32), "count": np.array(3, np.int32)}}
+
+
+def test_pack_is_one_buffer_per_dtype_in_flatten_order_and_unpack_inverts_it():
+    state = _state()
+    packed = checkpoint.pack(state)
+    leaves = jax.tree.leaves(state)
+    assert sorted(packed) == ["packed_bfloat16", "packed_float32", "packed_int32"]
+    f32 = [np.ravel(x) for x in leaves if x.dtype == np.float32]
+    np.testing.assert_array_equal(packed["packed_float32"], np.concatenate(f32))
+    np.testing.assert_array_equal(packed["packed_int32"], [x for x in leaves if x.dtype == np.int32])
+    zeros = jax.tree.map(np.zeros_like, state)
+    jax.tree.map(np.testing.assert_array_equal, checkpoint.unpack(packed, zeros), state)
+
+
+def test_a_sharded_template_gets_its_sharding_back(tmp_path):
+    mesh = jax.make_mesh((len(jax.devices()),), ("batch",))
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(_state(), replicated)
+    checkpointer = checkpoint.Checkpointer(str(tmp_path), save_every_steps=1)
+    checkpointer.save(1, state)
+    checkpointer.wait()
+    template = jax.device_put(jax.tree.map(np.zeros_like, _state()), replicated)
+    restored = checkpointer.restore(template)
+    checkpointer.close()
+    jax.tree.map(lambda r, s: np.testing.assert_array_equal(np.asarray(r), np.asarray(s)), restored, state)
+    assert all(leaf.sharding == replicated for leaf in jax.tree.leaves(restored))
+
+
+def test_a_checkpoint_written_before_packing_still_restores(tmp_path):
+    state = _state()
+    checkpointer = checkpoint.Checkpointer(str(tmp_path), save_every_steps=1)
+    checkpointer.manager.save(1, args=ocp.args.StandardSave(state))  # one orbax array per leaf, as before
+    checkpointer.close()
+    again = checkpoint.Checkpointer(str(tmp_path), save_every_steps=1)
+    restored = again.restore(jax.tree.map(np.zeros_like, state))
+    again.close()
+    jax.tree.map(lambda r, s: np.testing.assert_array_equal(np.asarray(r), s), restored, state)
+
+
+def test_a_checkpoint_of_another_shape_is_refused_with_the_sizes(tmp_path):
+    checkpointer = checkpoint.Checkpointer(str(tmp_path), save_every_steps=1)
+    checkpointer.save(1, _state())
+    checkpointer.wait()
+    wider = _state()
+    wider["opt_state"]["mu"] = np.zeros((4, 3), np.float32)
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 1 holds .*'packed_float32': 80.* has .*84.*another "
+                                                         r"config"):
+        checkpointer.restore(wider)
+    checkpointer.close()
