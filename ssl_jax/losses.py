@@ -211,24 +211,32 @@ def tico_loss(z1, z2, cov, beta=0.9, rho=8.0, axis_name=None):
     return inv + rho * contrast, {"invariance": inv, "covariance": contrast, "cov": new_cov}
 
 
-def vicreg_tico_loss(z1, z2, cov, sim_coeff=25.0, std_coeff=25.0, cov_coeff=400.0, beta=0.9, eps=1e-4,
-                     axis_name=None):
+def vicreg_tico_loss(z1, z2, cov, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4,
+                     projections="raw", axis_name=None):
     """VICReg with its covariance term replaced by TiCo's covariance contrast.
 
-    ``L = sim_coeff * s(Z, Z') + std_coeff * [v(Z) + v(Z')] / 2 + cov_coeff * mean_i ẑ1_iᵀ C_t ẑ1_i``
-    with ``C_t = beta C_{t-1} + (1 - beta) Ẑ1ᵀẐ1 / N`` and ``ẑ = z / ||z||``: VICReg's invariance and variance
-    terms on the raw projections, TiCo's contrast (its Eq. 4 term, on L2-normalised projections as TiCo defines
-    it) in place of VICReg's off-diagonal covariance. On raw projections the contrast grows with the fourth power
-    of their scale (at initialisation it was 1.6e4 with a gradient 3500x the invariance term's, and training went
-    to NaN within 20 steps, docs/learning_check.md); normalised it lies in [1/D, 1]. The default ``cov_coeff``
-    gives the contrast the gradient VICReg's covariance term has at initialisation (measured on the CIFAR
-    ResNet-18 with a filled running covariance: 0.29 against 7.8e-4 per unit weight, so about 400).
+    ``L = sim_coeff * s(Z, Z') + std_coeff * [v(Z) + v(Z')] / 2 + cov_coeff * (1/D) mean_i z1_iᵀ C_t z1_i``
+    with ``C_t = beta C_{t-1} + (1 - beta) Z1ᵀZ1 / N``: VICReg's invariance and variance terms, and in place of
+    its covariance term c(Z) the seed study's ``covcomponent = mean(sum((z1 @ C) * z1, dim=1))`` on the raw
+    projections, divided by D as c(Z) is. For a filled C that is ``(1/D) sum_jk B_jk^2`` (B the batch's second
+    moment): c(Z) uncentred, with its diagonal, against a running average of batches. Undivided it was 1.6e4 at
+    initialisation on the CIFAR ResNet-18 and training went to NaN within 20 steps (docs/learning_check.md).
+
+    ``projections='normalized'`` takes TiCo's own contrast (its Eq. 4 term) on ẑ = z / ||z|| instead, in
+    [1/D, 1]; it needs a weight near 400 to match c(Z)'s gradient at initialisation and learned less in the
+    learning check (docs/learning_check.md).
     Gradient and multi-device handling as ``tico_loss``; the new C_t is ``aux['cov']``.
     """
+    if projections not in ("normalized", "raw"):
+        raise ValueError(f"vicreg_tico_loss: projections={projections!r}; use 'normalized' or 'raw'.")
     z1, z2 = _gather(_f32(z1), axis_name), _gather(_f32(z2), axis_name)
     inv = _vicreg_invariance(z1, z2)
     var = _vicreg_variance(z1, z2, eps)
-    contrast, new_cov = _tico_contrast(_l2_normalize(z1), cov, beta)
+    if projections == "raw":
+        contrast, new_cov = _tico_contrast(z1, cov, beta)
+        contrast = contrast / z1.shape[-1]
+    else:
+        contrast, new_cov = _tico_contrast(_l2_normalize(z1), cov, beta)
     loss = sim_coeff * inv + std_coeff * var + cov_coeff * contrast
     return loss, {"invariance": inv, "variance": var, "covariance": contrast, "cov": new_cov}
 

@@ -89,9 +89,13 @@ def ref_tico(z1, z2, cov, beta=0.9, rho=8.0, return_cov=False):
     return (loss, c) if return_cov else loss
 
 
-def ref_vicreg_tico(z1, z2, cov, sim_coeff=25.0, std_coeff=25.0, cov_coeff=400.0, beta=0.9, eps=1e-4,
-                    return_cov=False):
-    contrast, c = np_contrast(np_normalize(z1), cov, beta)
+def ref_vicreg_tico(z1, z2, cov, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4,
+                    projections="raw", return_cov=False):
+    if projections == "raw":  # the seed study's contrast on raw projections, over D as VICReg's c(Z)
+        contrast, c = np_contrast(z1, cov, beta)
+        contrast = contrast / z1.shape[1]
+    else:
+        contrast, c = np_contrast(np_normalize(z1), cov, beta)
     loss = sim_coeff * np.mean((z1 - z2) ** 2) + std_coeff * np_vicreg_var(z1, z2, eps) + cov_coeff * contrast
     return (loss, c) if return_cov else loss
 
@@ -128,8 +132,10 @@ CASES = {
     "barlow": (losses.barlow_twins_loss, ref_barlow, 2, (), {"lambd": 0.01}),
     "tico": (losses.tico_loss, ref_tico, 2, (), {"beta": 0.8, "rho": 4.0}),
     "vicreg_tico": (losses.vicreg_tico_loss, ref_vicreg_tico, 2, (), {"beta": 0.7, "cov_coeff": 2.0}),
+    "vicreg_tico_normalized": (losses.vicreg_tico_loss, ref_vicreg_tico, 2, (),
+                               {"beta": 0.7, "cov_coeff": 2.0, "projections": "normalized"}),
 }
-HAS_COV = ("tico", "vicreg_tico")
+HAS_COV = ("tico", "vicreg_tico", "vicreg_tico_normalized")
 GLOBAL_STATISTIC = ("vicreg", "barlow") + HAS_COV
 
 
@@ -205,6 +211,8 @@ AUX_TOTAL = {
     "tico": lambda a, kw: a["invariance"] + kw["rho"] * a["covariance"],
     "vicreg_tico": lambda a, kw: (25.0 * a["invariance"] + 25.0 * a["variance"]
                                   + kw["cov_coeff"] * a["covariance"]),
+    "vicreg_tico_normalized": lambda a, kw: (25.0 * a["invariance"] + 25.0 * a["variance"]
+                                             + kw["cov_coeff"] * a["covariance"]),
 }
 
 
