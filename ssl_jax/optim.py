@@ -32,7 +32,7 @@ def decay_mask(params):
 
 
 def scale_by_clipped_trust_ratio(trust_coefficient, learning_rate, mask, eps=0.0):
-    """LARS's trust ratio clipped so that no layer's step exceeds plain SGD's (LARC's clip mode, as solo-learn's
+    """LARS's trust ratio (at `learning_rate`, a schedule or a constant) clipped so that no layer's step exceeds plain SGD's (LARC's clip mode, as solo-learn's
     LARS with `clip_lr: True`, which every solo-learn CIFAR recipe sets).
 
     With ``r = eta ||p|| / ||u||`` (u the update so far, weight decay included) the update becomes
@@ -42,12 +42,14 @@ def scale_by_clipped_trust_ratio(trust_coefficient, learning_rate, mask, eps=0.0
     (docs/learning_check.md). Parameters outside `mask` (biases, BatchNorm) pass through, as in LARS.
     """
 
+    schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
+
     def init_fn(params):
         del params
         return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params):
-        lr = learning_rate(state.count)
+        lr = schedule(state.count)
 
         def scale(update, param, use):
             if not use:

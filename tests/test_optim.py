@@ -100,11 +100,13 @@ def test_clipped_lars_steps_no_further_than_sgd(trust_coefficient):
         np.testing.assert_allclose(updates["b"], -bias_velocity, rtol=1e-4)
 
 
-def test_fixed_predictor_lr_keeps_the_predictor_at_the_peak_rate():
-    """SimSiam's --fix-pred-lr: plain SGD steps of -lr x gradient, the predictor's at the peak lr while the rest
-    follow the warm-up and cosine schedule."""
-    config = _opt_config(name="sgd", momentum=0.0, weight_decay=0.0, base_lr=0.5, warmup_epochs=1.0,
-                         fixed_predictor_lr=True)
+@pytest.mark.parametrize("name,extra", [("sgd", {}), ("lars", {"trust_coefficient": 10.0, "clip_lr": True})])
+def test_fixed_predictor_lr_keeps_the_predictor_at_the_peak_rate(name, extra):
+    """SimSiam's --fix-pred-lr: steps of -lr x gradient, the predictor's at the peak lr while the rest follow the
+    warm-up and cosine schedule; for clipped LARS with eta 10 every trust ratio (10 ||p|| / ||g|| >= 10) is over
+    the clip, so its steps are SGD's too."""
+    config = _opt_config(name=name, momentum=0.0, weight_decay=0.0, base_lr=0.5, warmup_epochs=1.0,
+                         fixed_predictor_lr=True, **extra)
     tx, schedule = optim.make_optimizer(config, batch_size=256, steps_per_epoch=10, total_steps=100)
     params = {"backbone": {"kernel": jnp.ones((2, 3))}, "projector": {"bias": jnp.ones(3)},
               "predictor": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}}
