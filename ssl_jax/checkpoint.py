@@ -50,6 +50,10 @@ def device_copy(tree):
 PACKED_PREFIX = "packed_"  # a packed checkpoint's keys: packed_float32, packed_int32, ...
 
 
+def _packed_key(dtype):
+    return PACKED_PREFIX + np.dtype(dtype).name
+
+
 def pack(host_tree):
     """The arrays of `host_tree` as one flat buffer per dtype, in `jax.tree.flatten` order: `{'packed_float32':
     ..., ...}`. `unpack` with a template of the same structure inverts it. Orbax spent about 180 ms of CPU saving a
@@ -57,14 +61,14 @@ def pack(host_tree):
     groups = {}
     for leaf in jax.tree.leaves(host_tree):
         leaf = np.asarray(leaf)
-        groups.setdefault(PACKED_PREFIX + leaf.dtype.name, []).append(leaf.reshape(-1))
+        groups.setdefault(_packed_key(leaf.dtype), []).append(leaf.reshape(-1))
     return {key: np.concatenate(parts) for key, parts in groups.items()}
 
 
 def _packed_sizes(template):
     sizes = {}
     for leaf in jax.tree.leaves(template):
-        key = PACKED_PREFIX + np.dtype(leaf.dtype).name
+        key = _packed_key(leaf.dtype)
         sizes[key] = sizes.get(key, 0) + int(np.prod(leaf.shape, dtype=np.int64))
     return sizes
 
@@ -76,7 +80,7 @@ def unpack(packed, template):
     offsets = dict.fromkeys(packed, 0)
     out = []
     for leaf in leaves:
-        key, size = PACKED_PREFIX + np.dtype(leaf.dtype).name, int(np.prod(leaf.shape, dtype=np.int64))
+        key, size = _packed_key(leaf.dtype), int(np.prod(leaf.shape, dtype=np.int64))
         value = np.asarray(packed[key][offsets[key]:offsets[key] + size]).reshape(leaf.shape)
         offsets[key] += size
         if isinstance(leaf, jax.Array):

@@ -32,8 +32,9 @@ def decay_mask(params):
 
 
 def scale_by_clipped_trust_ratio(trust_coefficient, learning_rate, mask, eps=0.0):
-    """LARS's trust ratio (at `learning_rate`, a schedule or a constant) clipped so that no layer's step exceeds plain SGD's (LARC's clip mode, as solo-learn's
-    LARS with `clip_lr: True`, which every solo-learn CIFAR recipe sets).
+    """LARS's trust ratio (at `learning_rate`, a schedule or a constant) clipped so that no layer's step exceeds
+    plain SGD's (LARC's clip mode, as solo-learn's LARS with `clip_lr: True`, which every solo-learn CIFAR recipe
+    sets).
 
     With ``r = eta ||p|| / ||u||`` (u the update so far, weight decay included) the update becomes
     ``min(r / lr_t, 1) u``; the learning rate applied after it makes the step ``min(r, lr_t) u``. Unclipped LARS
