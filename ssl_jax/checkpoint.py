@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import socket
 
 import flax
 import jax
@@ -98,8 +99,11 @@ UNREADABLE_SUFFIX = ".unreadable"  # a skipped checkpoint's directory is renamed
 
 
 def check_writable(directory):
-    """Creates `directory` and writes a file in it; raises CheckpointError at start if either fails."""
-    probe = os.path.join(directory, ".write_test")
+    """Creates `directory` and writes a file in it; raises CheckpointError at start if either fails.
+
+    The file's name is this process's own: the processes of a multi-host run probe the same directory at once.
+    """
+    probe = os.path.join(directory, f".write_test.{socket.gethostname()}.{os.getpid()}")
     try:
         os.makedirs(directory, exist_ok=True)
         with open(probe, "w") as f:

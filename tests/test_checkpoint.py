@@ -1,4 +1,9 @@
-"""Checkpoint format: the state's arrays packed into one buffer per dtype, restored leaf for leaf."""
+"""Checkpoint format: the state's arrays packed into one buffer per dtype, restored leaf for leaf; the start-up
+check of the checkpoint directory."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,3 +69,28 @@ def test_a_checkpoint_of_another_shape_is_refused_with_the_sizes(tmp_path):
                                                          r"config"):
         checkpointer.restore(wider)
     checkpointer.close()
+
+
+# Each process signals that it is ready and waits for the other before probing, so the probes overlap.
+PROBE_AT_ONCE = """
+import os, sys, time
+from ssl_jax import checkpoint
+directory, me, other = sys.argv[1:]
+open(os.path.join(directory, me), "w").close()
+while not os.path.exists(os.path.join(directory, other)):
+    time.sleep(0.01)
+for _ in range(20000):
+    checkpoint.check_writable(os.path.join(directory, "checkpoints"))
+"""
+
+
+def test_processes_checking_one_directory_at_once_do_not_trip_each_other(tmp_path):
+    """Every process of a multi-host run checks the checkpoint directory as it starts. With one probe file
+    for all, one process removed it under the other, which failed with FileNotFoundError (CI, two processes)."""
+    names = ["ready0", "ready1"]
+    processes = [subprocess.Popen([sys.executable, "-c", PROBE_AT_ONCE, str(tmp_path), me, other],
+                                  stderr=subprocess.PIPE, text=True) for me, other in (names, names[::-1])]
+    for process in processes:
+        _, errors = process.communicate(timeout=300)
+        assert process.returncode == 0, errors[-2000:]
+    assert os.listdir(tmp_path / "checkpoints") == []
