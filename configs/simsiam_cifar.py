@@ -1,12 +1,16 @@
 """SimSiam on CIFAR-10 (Chen & He 2021, CIFAR experiments in the appendix).
 
-Optimizer and length from the paper's CIFAR section: SGD, lr 0.03 x batch/256, weight decay 5e-4, momentum 0.9,
-batch 512, 800 epochs, projection output 2048, predictor hidden 512. Projector depth from solo-learn
-(solo/methods/simsiam.py with `scripts/pretrain/cifar/simsiam.yaml`: 2048-2048 -> 2048, i.e. the paper's 3-layer
-ImageNet projector). Views from solo-learn's CIFAR `symmetric_weak.yaml` (both views: jitter 0.4/0.4/0.4/0.1
-p=0.8, grayscale 0.2, blur p=0.5, no solarize, crop (0.08, 1.0)). solo-learn's own CIFAR optimizer (SGD lr 0.5
-per 256 images, weight decay 1e-5, 1000 epochs) is not used: the paper's is. Warm-up 10 epochs then cosine is
-solo-learn's warmup_cosine default (kept from the base; the paper gives cosine decay).
+Optimizer, length and heads from the paper's CIFAR section (appendix D): SGD, lr 0.03 x batch/256, weight decay
+5e-4, momentum 0.9, batch 512, 800 epochs, a 2-layer projection MLP with 2048-d output, predictor hidden 512. The
+backbone's residual branches start at zero, as in the official code (simsiam/builder.py: "zero-initialize last
+BNs"). Views from solo-learn's CIFAR `symmetric_weak.yaml` (both views: jitter 0.4/0.4/0.4/0.1 p=0.8, grayscale
+0.2, blur p=0.5, no solarize, crop (0.08, 1.0)). solo-learn's own CIFAR optimizer (SGD lr 0.5 per 256 images,
+weight decay 1e-5, 1000 epochs) and its 3-layer projector (the paper's ImageNet one) are not used: the paper's
+CIFAR ones are. Warm-up 10 epochs then cosine is solo-learn's warmup_cosine default (kept from the base; the paper
+gives cosine decay).
+
+Both the zero-initialised residual branches and the 2-layer projector were missing before; without the first the
+backbone collapsed dimensionally in the learning check (docs/learning_check.md, "SimSiam").
 
     python -m ssl_jax.main --config=configs/simsiam_cifar.py --workdir=/tmp/simsiam
     python -m ssl_jax.main --config=configs/simsiam_cifar.py:smoke --workdir=/tmp/smoke
@@ -27,7 +31,8 @@ def get_config(arg=None):
     config.augment.view1 = config_lib.view_config(color_strength=0.5)
     config.augment.view2 = config_lib.view_config(color_strength=0.5)
 
-    config.model.projector_hidden = (2048, 2048)  # solo-learn simsiam.py/yaml: 3-layer projector, hidden 2048
+    config.model.zero_init_residual = True       # official code, simsiam/builder.py: zero-initialise last BNs
+    config.model.projector_hidden = (2048,)      # SimSiam CIFAR section: "a 2-layer projection MLP"
     config.model.projection_dim = 2048           # SimSiam CIFAR section: output 2048
     config.model.projector_last_bn = True        # SimSiam Sec. 3: BN on every projector fc, its output included
                                                  # (official code and solo-learn: BatchNorm1d(affine=False))

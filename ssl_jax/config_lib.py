@@ -95,6 +95,7 @@ def base_config():
         predictor_dim=0,             # 0: no predictor
         dtype="auto",                # 'auto': bfloat16 on GPU/TPU, float32 on CPU; params always float32
         conv_impl="auto",            # 'auto' (= 'xla'), 'xla', 'im2col', 'im2col_strided' (docs/benchmarks.md)
+        zero_init_residual=False,    # each residual branch's last BatchNorm scale starts at 0 (Goyal et al. 2017)
     ))
 
     config.loss = ml_collections.ConfigDict(dict(temperature=0.5))  # SimCLR CIFAR-10: tau = 0.5

@@ -328,6 +328,7 @@ class SSLNet(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     conv_impl: str = "xla"
+    zero_init_residual: bool = False
 
     @property
     def has_predictor(self) -> bool:
@@ -338,7 +339,7 @@ class SSLNet(nn.Module):
         head = functools.partial(MLPHead, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
         feats = ResNet(*_arch(self.backbone), width=self.width, stem=self.stem,
                        dtype=self.dtype, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl,
-                       name="backbone")(x, train, num_views).astype(jnp.float32)
+                       zero_init_residual=self.zero_init_residual, name="backbone")(x, train, num_views).astype(jnp.float32)
         proj = head(tuple(self.projector_hidden), self.projection_dim, last_bn=self.projector_last_bn,
                     name="projector")(
             feats, train, num_views)
@@ -381,6 +382,7 @@ def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
         dtype=parse_dtype(dtype) if isinstance(dtype, str) else dtype,
         bn_axis_name=bn_axis_name,
         conv_impl=conv_impl or get("conv_impl", "conv_impl"),
+        zero_init_residual=bool(get("zero_init_residual", "zero_init_residual")),
     )
 
 

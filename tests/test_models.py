@@ -2,6 +2,7 @@
 import functools
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -316,6 +317,24 @@ def test_make_ssl_net_from_config():
     assert net.dtype == jnp.bfloat16 and net.bn_axis_name == "batch"
     defaults = make_ssl_net({"name": "resnet18"}, jnp.float32, None)
     assert defaults == SSLNet(backbone="resnet18")
+
+
+def test_zero_init_residual_zeroes_each_block_last_bn_scale_and_nothing_else():
+    """`model.zero_init_residual`: every residual branch starts as zero, so each block starts as its shortcut."""
+    def bn_scales(zero_init_residual):
+        net = make_ssl_net({"name": "resnet18", "width": 4, "zero_init_residual": zero_init_residual},
+                           jnp.float32, None)
+        flat = traverse_util.flatten_dict(_init(net, (2, 8, 8, 3))["params"]["backbone"], sep="/")
+        return {k: np.asarray(v) for k, v in flat.items() if k.endswith("scale")}
+
+    plain, zeroed = bn_scales(False), bn_scales(True)
+    assert plain.keys() == zeroed.keys()
+    last_bn = {k for k in zeroed if k.split("/")[0].startswith("stage") and k.split("/")[1] == "BatchNorm_1"}
+    assert len(last_bn) == 8  # ResNet-18: 8 basic blocks, the second BatchNorm of each ends its branch
+    for name, scale in zeroed.items():
+        np.testing.assert_array_equal(scale, 0.0 if name in last_bn else 1.0, err_msg=name)
+    for scale in plain.values():
+        np.testing.assert_array_equal(scale, 1.0)
 
 
 def test_cross_replica_bn_matches_single_device():
