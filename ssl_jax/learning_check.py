@@ -213,23 +213,37 @@ def verdict(losses, gain, projection_dim, margin=DEFAULT_MARGIN):
     return ""
 
 
+def _backbone_digest(state):
+    """A digest of the backbone's weights and BatchNorm statistics: equal digests, equal initial networks."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves((state.params["backbone"], state.batch_stats.get("backbone", {}))):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
 def check_method(method, dataset, margin=DEFAULT_MARGIN, steps=DEFAULT_STEPS, width=8, overrides=(),
                  print_fn=print, baselines=None):
     """Trains one method briefly and compares its kNN accuracy with the random-initialisation baseline.
 
-    The initial backbone depends on the architecture and the seed only, not on the method's heads
-    (tests/test_learning_check.py), so `baselines` (a dict) keeps each baseline for the next method."""
+    Methods whose initial backbones are equal (same architecture, initialisation and seed, whatever the heads:
+    tests/test_learning_check.py) share one baseline, kept in `baselines` (a dict) for the next method."""
     from ssl_jax import train
 
     config = check_config(method, steps, width, overrides)
     exp = train.build_experiment(config, dataset)
     start = time.perf_counter()
-    key = (config.model.name, config.model.width, config.model.stem, config.seed, dict(config.eval).__repr__())
+    initial = train.initial_state(exp)
+    key = (_backbone_digest(train.local_copy(initial)), repr(dict(config.eval)))
     baselines = {} if baselines is None else baselines
     if key not in baselines:
         baselines[key] = train.evaluate_random_init(exp)
     baseline = baselines[key]
-    state = exp.dp.put_state(train.initial_state(exp))
+    state = exp.dp.put_state(initial)
     state, losses, initial_rank = train_logged(exp, state, train.make_step_fn(exp), print_fn=print_fn)
     trained = train.evaluate_state(exp, state)
     gain = trained["knn_top1"] - baseline["knn_top1_random_init"]

@@ -114,3 +114,18 @@ def test_set_values_split_at_commas_outside_brackets():
     assert got == ["loss.rho=2", "model.projector_hidden=[2048,512]", "seed=1"]
     config = learning_check.check_config("simsiam", 2, 4, got[1:])
     assert config.model.projector_hidden == (2048, 512) and config.seed == 1
+
+
+def test_a_method_with_another_initial_backbone_gets_its_own_baseline():
+    """SimSiam's backbone starts with zero-initialised residual branches: its baseline is that network, not the
+    one the methods before it in the same check started from."""
+    dataset = helpers.synthetic_dataset(num_train=96, num_test=40)
+    baselines = {}
+    predictor = ("model.predictor_hidden=[32]", "model.predictor_dim=16")
+    for method, extra in (("simclr", ()), ("simsiam", predictor)):
+        learning_check.check_method(method, dataset, margin=-1.0, steps=1, width=4, overrides=SMALL + extra,
+                                    print_fn=lambda line: None, baselines=baselines)
+    assert len(baselines) == 2
+    learning_check.check_method("vicreg", dataset, margin=-1.0, steps=1, width=4, overrides=SMALL,
+                                print_fn=lambda line: None, baselines=baselines)
+    assert len(baselines) == 2  # VICReg starts from SimCLR's backbone
