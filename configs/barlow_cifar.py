@@ -16,26 +16,15 @@ import ml_collections
 from ssl_jax import config_lib
 
 
-
 def get_config(arg=None):
     config = config_lib.base_config()
     config.method = "barlow_twins"
-    config.batch_size = 256                      # solo-learn barlow.yaml
-    config.num_epochs = 1000                     # solo-learn barlow.yaml
-
-    config.augment.view1 = config_lib.byol_view_config(solarize_prob=0.0)  # solo-learn CIFAR asymmetric.yaml, view 1 (no blur)
-    config.augment.view2 = config_lib.byol_view_config(solarize_prob=0.2)  # solo-learn CIFAR asymmetric.yaml, view 2
-
-    config.model.projector_hidden = (2048, 2048)  # solo-learn barlow.yaml proj_hidden_dim, 3-layer projector
-    config.model.projection_dim = 2048           # solo-learn barlow.yaml proj_output_dim
+    # solo-learn barlow.yaml: lr, weight decay, proj_hidden_dim (two hidden layers), proj_output_dim
+    config_lib.solo_learn_cifar_recipe(config, base_lr=0.3, weight_decay=1e-4, projector_hidden=(2048, 2048),
+                                       projection_dim=2048)
 
     config.loss = ml_collections.ConfigDict(dict(
         lambd=0.0051,                            # Barlow Twins paper; solo-learn default lamb
         eps=1e-5,                                # our choice: PyTorch BatchNorm1d's default eps
     ))
-
-    config.optimizer.name = "lars"               # solo-learn barlow.yaml
-    config.optimizer.base_lr = 0.3               # solo-learn barlow.yaml lr 0.3 per 256 images
-    config.optimizer.weight_decay = 1e-4         # solo-learn barlow.yaml
-    config.optimizer.trust_coefficient = 0.02    # solo-learn barlow.yaml eta
     return config_lib.finalize(config, arg)

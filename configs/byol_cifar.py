@@ -16,29 +16,13 @@ import ml_collections
 from ssl_jax import config_lib
 
 
-
 def get_config(arg=None):
     config = config_lib.base_config()
     config.method = "byol"
-    config.batch_size = 256                      # solo-learn byol.yaml
-    config.num_epochs = 1000                     # solo-learn byol.yaml
+    config_lib.byol_cifar_recipe(config)         # solo-learn byol.yaml; BYOL's views without blur
 
-    # BYOL table 6 (blur 1.0 / 0.1 at 224) as solo-learn's CIFAR asymmetric.yaml: solarize 0 / 0.2, no blur
-    config.augment.view1 = config_lib.byol_view_config(blur_prob=config_lib.CIFAR_BLUR_PROB, solarize_prob=0.0)
-    config.augment.view2 = config_lib.byol_view_config(blur_prob=config_lib.CIFAR_BLUR_PROB, solarize_prob=0.2)
-
-    config.model.projector_hidden = (4096,)      # solo-learn byol.yaml proj_hidden_dim (BYOL: 4096)
-    config.model.projection_dim = 256            # solo-learn byol.yaml proj_output_dim (BYOL: 256)
     config.model.predictor_hidden = (4096,)      # solo-learn byol.yaml pred_hidden_dim
     config.model.predictor_dim = 256             # BYOL: predictor maps back to the projection size
 
     config.loss = ml_collections.ConfigDict()    # byol_loss takes no coefficients
-
-    config.optimizer.name = "lars"               # solo-learn byol.yaml
-    config.optimizer.base_lr = 1.0               # solo-learn byol.yaml lr 1.0 per 256 images
-    config.optimizer.weight_decay = 1e-5         # solo-learn byol.yaml
-    config.optimizer.trust_coefficient = 0.02    # solo-learn byol.yaml eta
-    config.optimizer.clip_lr = True              # solo-learn byol.yaml clip_lr (LARC clipping; docs/learning_check.md)
-
-    config.ema.base_decay = 0.99                 # solo-learn byol.yaml base_tau 0.99 (cosine to 1.0)
     return config_lib.finalize(config, arg)

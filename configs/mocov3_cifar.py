@@ -16,29 +16,18 @@ import ml_collections
 from ssl_jax import config_lib
 
 
-
 def get_config(arg=None):
     config = config_lib.base_config()
     config.method = "moco_v3"
-    config.batch_size = 256                      # solo-learn mocov3.yaml
-    config.num_epochs = 1000                     # solo-learn mocov3.yaml
-
-    config.augment.view1 = config_lib.byol_view_config(solarize_prob=0.0)  # solo-learn CIFAR asymmetric.yaml, view 1 (no blur)
-    config.augment.view2 = config_lib.byol_view_config(solarize_prob=0.2)  # solo-learn CIFAR asymmetric.yaml, view 2
-
-    config.model.projector_hidden = (4096,)      # solo-learn mocov3.yaml proj_hidden_dim (2-layer for ResNets)
-    config.model.projection_dim = 256            # solo-learn mocov3.yaml proj_output_dim
+    # solo-learn mocov3.yaml: lr, weight decay, proj_hidden_dim (one hidden layer for ResNets), proj_output_dim
+    config_lib.solo_learn_cifar_recipe(config, base_lr=0.3, weight_decay=1e-6, projector_hidden=(4096,),
+                                       projection_dim=256)
     config.model.projector_last_bn = True        # MoCo v3 official moco/builder.py: projector _build_mlp(last_bn=True),
                                                  # BatchNorm1d(affine=False) on the output; the predictor has none
     config.model.predictor_hidden = (4096,)      # solo-learn mocov3.yaml pred_hidden_dim
     config.model.predictor_dim = 256             # MoCo v3: predictor maps back to the projection size
 
     config.loss = ml_collections.ConfigDict(dict(temperature=0.2))  # solo-learn mocov3.yaml
-
-    config.optimizer.name = "lars"               # solo-learn mocov3.yaml
-    config.optimizer.base_lr = 0.3               # solo-learn mocov3.yaml lr 0.3 per 256 images
-    config.optimizer.weight_decay = 1e-6         # solo-learn mocov3.yaml
-    config.optimizer.trust_coefficient = 0.02    # solo-learn mocov3.yaml eta
 
     config.ema.base_decay = 0.99                 # solo-learn mocov3.yaml base_tau 0.99 (cosine to 1.0)
     return config_lib.finalize(config, arg)

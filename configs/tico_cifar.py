@@ -19,17 +19,11 @@ import ml_collections
 from ssl_jax import config_lib
 
 
-
 def get_config(arg=None):
     config = config_lib.base_config()
     config.method = "tico"
-    config.batch_size = 256                      # our choice: solo-learn byol.yaml (no TiCo CIFAR recipe)
-    config.num_epochs = 1000                     # our choice: solo-learn byol.yaml
-
-    # BYOL's views as for BYOL (configs/byol_cifar.py): solarize 0 / 0.2, no blur at 32x32
-    config.augment.view1 = config_lib.byol_view_config(blur_prob=config_lib.CIFAR_BLUR_PROB, solarize_prob=0.0)
-    config.augment.view2 = config_lib.byol_view_config(blur_prob=config_lib.CIFAR_BLUR_PROB, solarize_prob=0.2)
-
+    config_lib.byol_cifar_recipe(config)         # our choice: BYOL's CIFAR recipe (no TiCo CIFAR recipe exists);
+                                                 # its LARS is lightly's TiCo benchmark's optimizer too
     config.model.projector_hidden = (4096,)      # TiCo paper: Linear(4096)-BN-ReLU-Linear(256)
     config.model.projection_dim = 256            # TiCo paper
 
@@ -38,12 +32,6 @@ def get_config(arg=None):
         rho=2.0,                                 # our choice for CIFAR (paper: 8; lightly's TiCoLoss: 20): the
                                                  # only value of 20/8/2 that learns here (docs/learning_check.md)
     ))
-
-    config.optimizer.name = "lars"               # lightly's TiCo benchmark and solo-learn byol.yaml
-    config.optimizer.base_lr = 1.0               # our choice: solo-learn byol.yaml lr 1.0 per 256 images
-    config.optimizer.weight_decay = 1e-5         # our choice: solo-learn byol.yaml
-    config.optimizer.trust_coefficient = 0.02    # our choice: solo-learn byol.yaml eta
-    config.optimizer.clip_lr = True              # solo-learn byol.yaml clip_lr (LARC clipping; docs/learning_check.md)
 
     config.ema.base_decay = 0.99                 # solo-learn byol.yaml base_tau; lightly's TiCo: cosine 0.99 -> 1
     return config_lib.finalize(config, arg)

@@ -10,20 +10,11 @@ ours, so base_lr = the yaml lr. Warm-up 10 epochs then cosine is solo-learn's de
     python -m ssl_jax.main --config=configs/vicreg_cifar.py --workdir=/tmp/vicreg
     python -m ssl_jax.main --config=configs/vicreg_cifar.py:smoke --workdir=/tmp/smoke
 """
-import ml_collections
-
 from ssl_jax import config_lib
 
 
 def get_config(arg=None):
     config = config_lib.vicreg_cifar_recipe(config_lib.base_config())  # solo-learn vicreg.yaml
     config.method = "vicreg"
-
-    config.loss = ml_collections.ConfigDict(dict(
-        sim_coeff=25.0,                          # VICReg paper lambda; solo-learn sim_loss_weight
-        std_coeff=25.0,                          # VICReg paper mu; solo-learn var_loss_weight
-        cov_coeff=1.0,                           # VICReg paper nu; solo-learn cov_loss_weight
-        eps=1e-4,                                # VICReg paper: std = sqrt(Var + 1e-4)
-    ))
-
+    config.loss = config_lib.vicreg_loss_weights()  # VICReg paper 25/25/1, eps 1e-4 (solo-learn's weights)
     return config_lib.finalize(config, arg)

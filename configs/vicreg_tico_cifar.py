@@ -15,23 +15,15 @@ study's sum undivided went to NaN (docs/learning_check.md).
     python -m ssl_jax.main --config=configs/vicreg_tico_cifar.py --workdir=/tmp/vicreg_tico
     python -m ssl_jax.main --config=configs/vicreg_tico_cifar.py:smoke --workdir=/tmp/smoke
 """
-import ml_collections
-
 from ssl_jax import config_lib
 
 
 def get_config(arg=None):
     config = config_lib.vicreg_cifar_recipe(config_lib.base_config())  # solo-learn vicreg.yaml
     config.method = "vicreg_tico"
-
-    config.loss = ml_collections.ConfigDict(dict(
-        sim_coeff=25.0,                          # VICReg paper lambda; solo-learn sim_loss_weight
-        std_coeff=25.0,                          # VICReg paper mu; solo-learn var_loss_weight
-        cov_coeff=1.0,                           # VICReg paper nu (its covariance weight), for the term that replaces it
+    config.loss = config_lib.vicreg_loss_weights(  # VICReg's 25/25/1 (cov_coeff weighs the term that replaces c(Z))
         beta=0.9,                                # TiCo paper: running-covariance decay
         projections="raw",                       # seed study: covcomponent on raw z1 (over D, as VICReg's c(Z));
                                                  # 'normalized': TiCo's own contrast, see docs/learning_check.md
-        eps=1e-4,                                # VICReg paper: std = sqrt(Var + 1e-4)
-    ))
-
+    )
     return config_lib.finalize(config, arg)

@@ -17,10 +17,11 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from ssl_jax import runtime
+from ssl_jax import cli
+from ssl_jax import cpu_tuning
 
 FLAGS = flags.FLAGS
-runtime.define_config_flag("Config file, as for ssl_jax.main.")
+cli.define_config_flag("Config file, as for ssl_jax.main.")
 flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_enum("part", "step", ["step", "views", "augment", "input"],
@@ -185,9 +186,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = FLAGS.config
-    runtime.configure_xla_cpu(config.xla_cpu_flags)
+    cpu_tuning.configure_xla_cpu(config.xla_cpu_flags)
     try:
-        allocator_tuned = runtime.configure_cpu_allocator(config.cpu_allocator)
+        allocator_tuned = cpu_tuning.configure_cpu_allocator(config.cpu_allocator)
         record = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.part, FLAGS.num_images)
         record["cpu_allocator"] = "tuned" if allocator_tuned else "default"
     except ValueError as e:
@@ -197,4 +198,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    runtime.run_cli(main)
+    cli.run_cli(main)

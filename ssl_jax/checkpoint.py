@@ -2,10 +2,9 @@
 
 The state is saved as its flax state dict (nested dicts of arrays), so any method's slots (EMA target, loss
 state, probe) round-trip without orbax needing to know the dataclass; its arrays go to orbax packed into one flat
-buffer per dtype (`pack`), since orbax's work grows with the number of arrays (a ResNet-18 state has 182), not
-their bytes. Every process calls `save`; the state is replicated, so each holds the same buffers. A save costs the
-training loop only a copy of the state on its devices: the host copy, the check, the packing and orbax's own work
-run on a writer thread (docs/benchmarks.md, "Checkpoints and evaluation in the loop").
+buffer per dtype (`pack`), since orbax's work grows with the number of arrays, not their bytes. Every process
+calls `save`; the state is replicated, so each holds the same buffers. A save costs the training loop only a copy
+of the state on its devices: the host copy, the check, the packing and orbax's own work run on a writer thread (docs/benchmarks.md, "Checkpoints and evaluation in the loop").
 """
 import concurrent.futures
 import contextlib
@@ -17,6 +16,9 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ssl_jax import errors
+from ssl_jax import sharding
 
 ENCODER_CONFIG_FILE = "encoder_config.json"
 
@@ -57,8 +59,8 @@ def _packed_key(dtype):
 
 def pack(host_tree):
     """The arrays of `host_tree` as one flat buffer per dtype, in `jax.tree.flatten` order: `{'packed_float32':
-    ..., ...}`. `unpack` with a template of the same structure inverts it. Orbax spent about 180 ms of CPU saving a
-    ResNet-18 state's 182 small arrays and about 55 ms saving them as one buffer (docs/benchmarks.md)."""
+    ..., ...}`. `unpack` with a template of the same structure inverts it. One buffer costs orbax a fraction of the CPU
+    time of many small arrays (docs/benchmarks.md, "Checkpoints and evaluation in the loop")."""
     groups = {}
     for leaf in jax.tree.leaves(host_tree):
         leaf = np.asarray(leaf)
@@ -88,11 +90,6 @@ def unpack(packed, template):
             value = jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda index, v=value: v[index])
         out.append(value)
     return treedef.unflatten(out)
-
-
-def host_view(tree):
-    """This process's copy of each (replicated) array in `tree` as numpy, waiting for it to be computed."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
 UNREADABLE_SUFFIX = ".unreadable"  # a skipped checkpoint's directory is renamed STEP.unreadable (orbax ignores it)
@@ -151,7 +148,7 @@ class Checkpointer:
         self._pending = self._writer.submit(self._write, int(step), snapshot, force, check)
 
     def _write(self, step, state_dict, force, check):
-        host_state = host_view(state_dict)
+        host_state = sharding.local_copy(state_dict, copy=False)
         reason = check(host_state) if check else None
         if reason:
             raise StateRefused(step, reason)
@@ -195,7 +192,7 @@ class Checkpointer:
                 state = self.restore(template_state, step)
                 reason = check(state) if check else None
             except Exception as e:  # noqa: BLE001 -- whatever a damaged checkpoint raises, the next one is tried
-                state, reason = None, f"{type(e).__name__}: {_first_line(e)}"
+                state, reason = None, f"{type(e).__name__}: {errors.first_line(e)}"
             if reason is None:
                 return state, step, skipped
             skipped.append((step, reason))
@@ -234,13 +231,9 @@ class Checkpointer:
             complete = [s for s in self.all_steps() if s != self.saving_step]
             intact = f"the checkpoint at step {complete[0]} is intact" if complete else "no earlier checkpoint exists"
             raise CheckpointError(f"saving the checkpoint at step {self.saving_step} to {self.directory} failed "
-                                  f"({type(e).__name__}: {_first_line(e)}); {intact}. Free disk space (or pass "
+                                  f"({type(e).__name__}: {errors.first_line(e)}); {intact}. Free disk space (or pass "
                                   "another --workdir) and run the same command again.") from e
 
-
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def export_encoder(directory, params, batch_stats, model_config):

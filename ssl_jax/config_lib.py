@@ -43,23 +43,51 @@ def byol_view_config(blur_prob=0.0, solarize_prob=0.0, crop_scale=(0.08, 1.0)):
     return view
 
 
-def vicreg_cifar_recipe(config):
-    """solo-learn's VICReg CIFAR recipe (`scripts/pretrain/cifar/vicreg.yaml`), shared by VICReg and the
-    VICReg+TiCo hybrid: batch 256, 1000 epochs, LARS lr 0.3 per 256 images, weight decay 1e-4, eta 0.02,
-    projector 2048-2048 -> 2048, symmetric views with crop scale (0.2, 1) and solarize 0.1."""
+def solo_learn_cifar_recipe(config, *, base_lr, weight_decay, projector_hidden, projection_dim):
+    """What solo-learn's ResNet-18 CIFAR recipes (`scripts/pretrain/cifar/<method>.yaml`) share, with the yaml's
+    lr, weight decay and projector sizes: global batch 256, 1000 epochs, LARS with eta 0.02, and the views of its
+    CIFAR `asymmetric.yaml`: BYOL's (table 6: jitter 0.4/0.4/0.2/0.1 with p=0.8, grayscale p=0.2; solarize 0 on
+    view 1, 0.2 on view 2) without BYOL's blur (1.0 / 0.1 at 224). solo-learn scales lr by batch/256
+    (solo/args/pretrain.py), our linear rule, so base_lr = the yaml lr; its warm-up (10 epochs, then cosine) is
+    already the base value."""
     config.batch_size = 256
     config.num_epochs = 1000
+    config.optimizer.name = "lars"
+    config.optimizer.base_lr = base_lr
+    config.optimizer.weight_decay = weight_decay
+    config.optimizer.trust_coefficient = 0.02
+    config.augment.view1 = byol_view_config(blur_prob=CIFAR_BLUR_PROB, solarize_prob=0.0)
+    config.augment.view2 = byol_view_config(blur_prob=CIFAR_BLUR_PROB, solarize_prob=0.2)
+    config.model.projector_hidden = tuple(projector_hidden)
+    config.model.projection_dim = projection_dim
+    return config
+
+
+def byol_cifar_recipe(config):
+    """solo-learn's BYOL CIFAR recipe (`byol.yaml`), shared by BYOL and TiCo: LARS lr 1.0 per 256 images, weight
+    decay 1e-5, the trust ratio clipped (`clip_lr`; docs/learning_check.md), projector 4096 -> 256 (BYOL's sizes)
+    and the EMA target's tau 0.99 (cosine to 1.0)."""
+    solo_learn_cifar_recipe(config, base_lr=1.0, weight_decay=1e-5, projector_hidden=(4096,), projection_dim=256)
+    config.optimizer.clip_lr = True
+    config.ema.base_decay = 0.99
+    return config
+
+
+def vicreg_cifar_recipe(config):
+    """solo-learn's VICReg CIFAR recipe (`vicreg.yaml`), shared by VICReg and the VICReg+TiCo hybrid: LARS lr 0.3
+    per 256 images, weight decay 1e-4, projector 2048-2048 -> 2048 (solo/methods/vicreg.py), and its own symmetric
+    views: crop scale (0.2, 1), solarize 0.1, no blur. vicreg.yaml sets clip_lr, but clipping took VICReg's
+    learning check from 41.0% to 30.2% kNN (docs/learning_check.md): not used."""
+    solo_learn_cifar_recipe(config, base_lr=0.3, weight_decay=1e-4, projector_hidden=(2048, 2048), projection_dim=2048)
     config.augment.view1 = byol_view_config(solarize_prob=0.1, crop_scale=(0.2, 1.0))
     config.augment.view2 = byol_view_config(solarize_prob=0.1, crop_scale=(0.2, 1.0))
-    config.model.projector_hidden = (2048, 2048)
-    config.model.projection_dim = 2048
-    config.optimizer.name = "lars"
-    config.optimizer.base_lr = 0.3
-    config.optimizer.weight_decay = 1e-4
-    config.optimizer.trust_coefficient = 0.02
-    # solo-learn's vicreg.yaml sets clip_lr, but clipping took VICReg's learning check from 41.0% to 30.2% kNN
-    # (docs/learning_check.md): not used.
     return config
+
+
+def vicreg_loss_weights(**extra):
+    """VICReg's loss settings (the paper's lambda, mu, nu = 25, 25, 1; solo-learn's sim/var/cov_loss_weight) and
+    its variance hinge's eps (std = sqrt(Var + 1e-4)); `extra` adds the VICReg+TiCo hybrid's keys."""
+    return ml_collections.ConfigDict(dict(sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4, **extra))
 
 
 def base_config():
@@ -133,7 +161,7 @@ def base_config():
         batch_size=1000,             # feature-extraction batch
         random_init=True,            # also evaluate the network at random initialisation (eval.json *_random_init)
     ))
-    config.xla_cpu_flags = "auto"    # 'auto': the measured XLA CPU options (runtime.py, docs/benchmarks.md); '' none
+    config.xla_cpu_flags = "auto"    # 'auto': the measured XLA CPU options (cpu_tuning.py); '' none
     config.cpu_allocator = "auto"    # 'auto': keep freed memory in-process on the CPU backend (glibc; measured in
                                      # docs/benchmarks.md); 'default': leave malloc alone
     return config
@@ -145,17 +173,24 @@ def smoke(config):
     config.num_train_steps = 30
     config.model.name = "resnet18"
     config.model.width = 8
-    config.model.projector_hidden = (64,)
-    config.model.projection_dim = 32
-    if config.model.predictor_dim:
-        config.model.predictor_hidden = (64,)
-        config.model.predictor_dim = 32
+    set_head_sizes(config, hidden=64, output=32)
     config.optimizer.warmup_epochs = 0.0
     config.log_every_steps = 10
     config.checkpoint_every_steps = 20
     config.eval.linear_epochs = 10
     config.eval.max_train_examples = 5000
     config.eval.knn_k = 20
+    return config
+
+
+def set_head_sizes(config, hidden, output):
+    """One hidden layer of `hidden` units and `output` outputs for the projector, and for the predictor where the
+    method has one (its output matches the projection it predicts)."""
+    config.model.projector_hidden = (hidden,)
+    config.model.projection_dim = output
+    if config.model.predictor_dim:
+        config.model.predictor_hidden = (hidden,)
+        config.model.predictor_dim = output
     return config
 
 

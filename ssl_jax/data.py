@@ -20,6 +20,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from ssl_jax import errors
+
 CACHE_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".webp")
 SPLITS = ("train", "test")
@@ -410,7 +412,7 @@ def _load_tfds(name, data_dir, cache_dir) -> Dataset:
         sources = {s: tfds.data_source(name, split=s, data_dir=data_dir, download=False) for s in SPLITS}
     except Exception as e:  # TFDS raises many types when data is missing; never surface its traceback
         raise DataError(_tfds_unprepared(tfds, name, data_dir) or f"cannot open {name} in {where} "
-                        f"({type(e).__name__}: {_first_line(e)})") from None
+                        f"({type(e).__name__}: {errors.first_line(e)})") from None
     source = f"TFDS {name} ({where})"
     read = functools.partial(_read_tfds_splits, sources, name, source)
     info_file = _tfds_info_file(tfds, name, data_dir)
@@ -443,7 +445,7 @@ def _read_tfds_splits(sources, name, where):
     except DataError:
         raise
     except Exception as e:  # pylint: disable=broad-except
-        raise DataError(f"cannot read {where} ({type(e).__name__}: {_first_line(e)}); prepare it again") from None
+        raise DataError(f"cannot read {where} ({type(e).__name__}: {errors.first_line(e)}); prepare it again") from None
 
 
 def _read_records(source, chunk=2048):
@@ -458,10 +460,6 @@ def _read_records(source, chunk=2048):
         images += [np.asarray(r["image"]) for r in records]
         labels += [int(r["label"]) for r in records]
     return (np.stack(images) if images else np.zeros((0, 0, 0, 0), np.uint8)), np.asarray(labels, np.int64)
-
-
-def _first_line(e):
-    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -555,7 +553,8 @@ def batch_indices(num_examples, global_batch_size, seed, step) -> np.ndarray:
 
 
 def host_batch(split, step, global_batch_size, seed, process_index=0, process_count=1) -> dict:
-    """This process's slice of global batch `step`: image, label, and 'index' = position in the global batch."""
+    """This process's slice of global batch `step`: 'image', 'label', and 'global_index', each example's position
+    in the global batch (its augmentation keys derive from it, so the device count does not change them)."""
     if global_batch_size % process_count:
         raise DataError(f"global_batch_size {global_batch_size} is not divisible by the {process_count} "
                         "processes; pick a multiple of the process count")
@@ -567,5 +566,5 @@ def host_batch(split, step, global_batch_size, seed, process_index=0, process_co
     return {
         "image": split.images[idx],
         "label": split.labels[idx],
-        "index": np.arange(start, start + local, dtype=np.int32),
+        "global_index": np.arange(start, start + local, dtype=np.int32),
     }

@@ -99,16 +99,6 @@ def _l2_normalize(x, eps=1e-12):
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
-def effective_rank(features, eps=1e-7):
-    """RankMe (Garrido et al. 2023, Eq. 1): ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / sum(s) + eps`` over the
-    singular values ``s`` of the [N, D] feature matrix. Between 1 (every example on one line: collapse) and D;
-    it needs no labels, and a backbone whose rank falls while its loss falls is collapsing dimensionally.
-    On the host in float64: XLA's CPU fusions reject the SVD's layouts under our CPU flags."""
-    s = np.linalg.svd(np.asarray(features, np.float64), compute_uv=False)
-    p = s / np.sum(s) + eps
-    return float(np.exp(-np.sum(p * np.log(p))))
-
-
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
 def _knn_scores_batch(train_n, train_labels, test_batch, k, num_classes, temperature):
     test_n = _l2_normalize(test_batch)
@@ -373,21 +363,23 @@ def _load_run(workdir, encoder_dir):
     import ml_collections
 
     from ssl_jax import checkpoint
+    from ssl_jax import run_files
 
     if workdir:
-        encoder_dir = encoder_dir or os.path.join(workdir, "encoder")
-        config_path = os.path.join(workdir, "config.json")
+        encoder_dir = encoder_dir or os.path.join(workdir, run_files.ENCODER_DIR)
+        config_path = os.path.join(workdir, run_files.CONFIG_FILE)
         if not os.path.exists(os.path.join(encoder_dir, checkpoint.ENCODER_CONFIG_FILE)):
-            raise ValueError(f"--workdir={workdir} holds no exported encoder ({encoder_dir}/encoder_config.json is "
-                             "missing): is it the workdir of a finished `python -m ssl_jax.main` run?")
+            raise ValueError(f"--workdir={workdir} holds no exported encoder ({encoder_dir}/"
+                             f"{checkpoint.ENCODER_CONFIG_FILE} is missing): is it the workdir of a finished "
+                             "`python -m ssl_jax.main` run?")
         config = None
         if os.path.exists(config_path):
             with open(config_path) as f:
                 config = ml_collections.ConfigDict(json.load(f))
         return encoder_dir, config
     if not os.path.exists(os.path.join(encoder_dir, checkpoint.ENCODER_CONFIG_FILE)):
-        raise ValueError(f"--encoder={encoder_dir} is not an exported encoder (no encoder_config.json in it); pass "
-                         "WORKDIR/encoder of a finished run, or --workdir=WORKDIR.")
+        raise ValueError(f"--encoder={encoder_dir} is not an exported encoder (no {checkpoint.ENCODER_CONFIG_FILE} "
+                         "in it); pass WORKDIR/encoder of a finished run, or --workdir=WORKDIR.")
     return encoder_dir, None
 
 
@@ -404,8 +396,9 @@ def main(argv):
     from ssl_jax import augment
     from ssl_jax import checkpoint
     from ssl_jax import config_lib
+    from ssl_jax import cpu_tuning
     from ssl_jax import data
-    from ssl_jax import runtime
+    from ssl_jax import run_files
 
     FLAGS = flags.FLAGS
     if not FLAGS["verbosity"].present:
@@ -419,7 +412,7 @@ def main(argv):
     except ValueError as e:
         sys.exit(f"error: {e}")
     config = config or config_lib.base_config()
-    runtime.configure_xla_cpu(config.xla_cpu_flags)  # before JAX starts its backend
+    cpu_tuning.configure_xla_cpu(config.xla_cpu_flags)  # before JAX starts its backend
     eval_config = config.eval
     for key in ("knn_k", "linear_epochs", "max_train_examples"):
         if FLAGS[key].value is not None:
@@ -439,7 +432,7 @@ def main(argv):
 
     results = evaluate_backbone(encode, dataset, eval_config, seed=config.seed)
     results.update(encoder=os.path.abspath(encoder_dir), data=dataset.source)
-    output = FLAGS.output or os.path.join(FLAGS.workdir or encoder_dir, "eval_frozen.json")
+    output = FLAGS.output or os.path.join(FLAGS.workdir or encoder_dir, run_files.FROZEN_EVAL_FILE)
     with open(output, "w") as f:
         json.dump(results, f, indent=2)
     print(f"{format_results(results)} -> {output}")
@@ -461,8 +454,8 @@ def _define_flags():
 if __name__ == "__main__":
     import os as _os
 
-    from ssl_jax import runtime as _runtime
+    from ssl_jax import cli
 
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _define_flags()
-    _runtime.run_cli(main)
+    cli.run_cli(main)

@@ -87,7 +87,7 @@ def train_step_flops(config, ready_views=False):
     num_classes = data.SPECS[config.data.name].num_classes
     exp = train.build_experiment(config, data.Dataset(config.data.name, num_classes, split, split, "shapes only"))
     state = jax.eval_shape(lambda: train.initial_state(exp))
-    step_batch = {"image": images, "label": split.labels, "index": np.arange(batch, dtype=np.int32)}
+    step_batch = {"image": images, "label": split.labels, "global_index": np.arange(batch, dtype=np.int32)}
     if ready_views:
         view = jax.ShapeDtypeStruct(images.shape, np.float32)
         step_batch = {"views": (view, view), "label": split.labels}
@@ -166,9 +166,9 @@ def main(argv):
 if __name__ == "__main__":
     from absl import flags as absl_flags
 
-    from ssl_jax import runtime
+    from ssl_jax import cli
 
-    runtime.define_config_flag("Config file, as for ssl_jax.main.")
+    cli.define_config_flag("Config file, as for ssl_jax.main.")
     absl_flags.DEFINE_bool("ready_views", False, "Count the step without its augmentation.")
     absl_flags.mark_flags_as_required(["config"])
-    runtime.run_cli(main, user_errors=(ValueError,))
+    cli.run_cli(main, user_errors=(ValueError,))

@@ -18,19 +18,10 @@ import time
 
 from absl import flags
 
-from ssl_jax import runtime
-
-METHOD_CONFIGS = {
-    "simclr": "simclr_cifar",
-    "byol": "byol_cifar",
-    "vicreg": "vicreg_cifar",
-    "tico": "tico_cifar",
-    "vicreg_tico": "vicreg_tico_cifar",
-    "barlow_twins": "barlow_cifar",
-    "simsiam": "simsiam_cifar",
-    "moco_v3": "mocov3_cifar",
-}
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+from ssl_jax import cli
+from ssl_jax import config_files
+from ssl_jax import cpu_tuning
+from ssl_jax import run_files
 
 # Calibrated on the 2-core CPU (docs/learning_check.md): after 120 steps the methods that learn gained
 # 7-15 kNN points over random initialisation; the broken ones before the fix gained -4 to 3.
@@ -51,7 +42,8 @@ FLAGS = flags.FLAGS
 def _define_flags():
     """The command line's flags, defined only when run as a program (tests import this module beside others)."""
     flags.DEFINE_string("data", None, "A local CIFAR-10 copy (e.g. ../shared/data/cifar10-jpeg.tar.gz).")
-    flags.DEFINE_list("methods", list(METHOD_CONFIGS), f"Methods to check: {', '.join(METHOD_CONFIGS)}.")
+    methods = list(config_files.METHOD_CONFIGS)
+    flags.DEFINE_list("methods", methods, f"Methods to check: {', '.join(methods)}.")
     flags.DEFINE_integer("steps", DEFAULT_STEPS, "Training steps per method (batch 256).")
     flags.DEFINE_float("margin", DEFAULT_MARGIN, "kNN top-1 a method must gain over random initialisation.")
     flags.DEFINE_integer("width", 8, "ResNet-18 base width.")
@@ -61,34 +53,6 @@ def _define_flags():
                               "(model.projector_hidden=[2048,512]).")
     flags.DEFINE_string("report", None, "Instead of checking: print a table of the eval.json in DIR/<method>/ "
                         "(the runs of launch/compare_methods.sh).")
-
-
-def load_config(name, arg=None):
-    """configs/<name>.py's get_config(arg), loaded by path as ml_collections' --config flag does."""
-    import importlib.util
-
-    path = os.path.join(CONFIG_DIR, f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
-def set_value(config, dotted_key, value):
-    """config.a.b = value; a string `value` is read as JSON (`3`, `[16, 8]`, `"sgd"`, `true`) where it parses
-    and cast to the existing value's type, as on the command line."""
-    *parents, leaf = dotted_key.split(".")
-    node = config
-    for parent in parents:
-        node = node[parent]
-    current = node[leaf]
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-        value = tuple(value) if isinstance(current, tuple) else type(current)(value)
-    node[leaf] = value
 
 
 def split_overrides(values):
@@ -109,26 +73,26 @@ def split_overrides(values):
 def overrides_problem(method, overrides):
     """One line on the first `key=value` of `overrides` that the method's config has no key for or whose value
     its type rejects, or None: checked before the data set is loaded."""
-    config = load_config(METHOD_CONFIGS[method])
+    config = config_files.load_config(config_files.METHOD_CONFIGS[method])
     for item in overrides:
         key, has_value, value = item.partition("=")
         argument = f"--set={item}"
         if not has_value:
             return f"{argument}: expected key=value (e.g. loss.rho=20)."
-        problem = runtime.override_problem(config, key, value, argument=argument)
+        problem = cli.override_problem(config, key, value, argument=argument)
         if problem:
             return problem
         try:
-            set_value(config, key, value)
+            config_files.set_value(config, key, value)
         except (TypeError, ValueError) as e:
-            return runtime.override_problem(config, key, value, error=f"config.{key}: {e}", argument=argument)
+            return cli.override_problem(config, key, value, error=f"config.{key}: {e}", argument=argument)
     return None
 
 
 def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     """The method's own config at the check's size: ResNet-18 of `width`, batch 256, `steps` steps with a
     tenth of them warm-up, heads as the method's config has them, evaluation on a 10,000-image train subset."""
-    config = load_config(METHOD_CONFIGS[method])
+    config = config_files.load_config(config_files.METHOD_CONFIGS[method])
     config.model.width = width
     config.batch_size = 256
     config.num_train_steps = steps
@@ -138,23 +102,22 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     config.eval.knn_k = 200
     for item in overrides:
         key, _, value = item.partition("=")
-        set_value(config, key, value)
+        config_files.set_value(config, key, value)
     return config
 
 
 def make_collapse_probe(exp, num_images=512):
     """state -> {'projection_std', 'feature_rank'} of the first `num_images` train images, unaugmented, in eval
-    mode: SimSiam's collapse indicator of the projections (`train_step.normalized_std`) and the effective rank of
-    the backbone features (`evaluate.effective_rank`). A BatchNorm on the projector's output keeps the first
+    mode: SimSiam's collapse indicator of the projections (`collapse.normalized_std`) and the effective rank of
+    the backbone features (`collapse.effective_rank`). A BatchNorm on the projector's output keeps the first
     healthy by construction; the second sees a collapse in the backbone behind it. Computed here, outside the
     train step, so that the step (and its float rounding) stays what it is."""
     import jax
     import jax.numpy as jnp
 
     from ssl_jax import augment
-    from ssl_jax import evaluate
-    from ssl_jax import train
-    from ssl_jax import train_step
+    from ssl_jax import collapse
+    from ssl_jax import sharding
 
     images = exp.dataset.train.images[:num_images]
 
@@ -162,12 +125,12 @@ def make_collapse_probe(exp, num_images=512):
     def probe(params, batch_stats):
         x = augment.normalize(jnp.asarray(images, jnp.float32) / 255.0)
         out = exp.net.apply({"params": params, "batch_stats": batch_stats}, x, train=False, use_predictor=False)
-        return train_step.normalized_std(out["projection"]), out["features"]
+        return collapse.normalized_std(out["projection"]), out["features"]
 
     def fn(state):
-        host = train.local_copy(exp.dp.get_state(state))
+        host = sharding.local_copy(exp.dp.get_state(state))
         projection_std, features = probe(host.params, host.batch_stats)
-        return {"projection_std": float(projection_std), "feature_rank": evaluate.effective_rank(features)}
+        return {"projection_std": float(projection_std), "feature_rank": collapse.effective_rank(features)}
 
     return fn
 
@@ -232,13 +195,14 @@ def check_method(method, dataset, margin=DEFAULT_MARGIN, steps=DEFAULT_STEPS, wi
 
     Methods whose initial backbones are equal (same architecture, initialisation and seed, whatever the heads:
     tests/test_learning_check.py) share one baseline, kept in `baselines` (a dict) for the next method."""
+    from ssl_jax import sharding
     from ssl_jax import train
 
     config = check_config(method, steps, width, overrides)
     exp = train.build_experiment(config, dataset)
     start = time.perf_counter()
     initial = train.initial_state(exp)
-    key = (_backbone_digest(train.local_copy(initial)), repr(dict(config.eval)))
+    key = (_backbone_digest(sharding.local_copy(initial)), repr(dict(config.eval)))
     baselines = {} if baselines is None else baselines
     if key not in baselines:
         baselines[key] = train.evaluate_random_init(exp)
@@ -279,8 +243,8 @@ def report_table(root):
 
     rows = ["| method | batch | epochs | kNN top-1 | linear top-1 / top-5 | random init kNN / linear | "
             "loss, first log -> last |", "|---|---|---|---|---|---|---|"]
-    for method in METHOD_CONFIGS:
-        path = os.path.join(root, method, "eval.json")
+    for method in config_files.METHOD_CONFIGS:
+        path = os.path.join(root, method, run_files.EVAL_FILE)
         if not os.path.exists(path):
             continue
         with open(path) as f:
@@ -300,20 +264,20 @@ def main(argv):
     if FLAGS.report:
         print(report_table(FLAGS.report))
         return
-    unknown = [m for m in FLAGS.methods if m not in METHOD_CONFIGS]
+    unknown = [m for m in FLAGS.methods if m not in config_files.METHOD_CONFIGS]
     if unknown:
-        sys.exit(f"error: unknown --methods {unknown}; choose from {', '.join(METHOD_CONFIGS)}.")
+        sys.exit(f"error: unknown --methods {unknown}; choose from {', '.join(config_files.METHOD_CONFIGS)}.")
     overrides = split_overrides(FLAGS.set)
     for method in FLAGS.methods:
         problem = overrides_problem(method, overrides)
         if problem:
-            runtime.exit_with_error(problem)
+            cli.exit_with_error(problem)
     if not FLAGS.data:
         sys.exit("error: --data is required: a local CIFAR-10 copy, e.g. ../shared/data/cifar10-jpeg.tar.gz.")
-    runtime.configure_xla_cpu("auto")
+    cpu_tuning.configure_xla_cpu("auto")
     from ssl_jax import data
 
-    runtime.configure_cpu_allocator("auto")
+    cpu_tuning.configure_cpu_allocator("auto")
     try:
         dataset = data.load_dataset("cifar10", path=FLAGS.data)
     except data.DataError as e:
@@ -342,4 +306,4 @@ def main(argv):
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _define_flags()
-    runtime.run_cli(main)
+    cli.run_cli(main)

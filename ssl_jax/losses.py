@@ -219,12 +219,12 @@ def vicreg_tico_loss(z1, z2, cov, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0,
     with ``C_t = beta C_{t-1} + (1 - beta) Z1ᵀZ1 / N``: VICReg's invariance and variance terms, and in place of
     its covariance term c(Z) the seed study's ``covcomponent = mean(sum((z1 @ C) * z1, dim=1))`` on the raw
     projections, divided by D as c(Z) is. For a filled C that is ``(1/D) sum_jk B_jk^2`` (B the batch's second
-    moment): c(Z) uncentred, with its diagonal, against a running average of batches. Undivided it was 1.6e4 at
-    initialisation on the CIFAR ResNet-18 and training went to NaN within 20 steps (docs/learning_check.md).
+    moment): c(Z) uncentred, with its diagonal, against a running average of batches; without the 1/D it is D
+    times VICReg's scale and training diverges.
 
     ``projections='normalized'`` takes TiCo's own contrast (its Eq. 4 term) on ẑ = z / ||z|| instead, in
-    [1/D, 1]; it needs a weight near 400 to match c(Z)'s gradient at initialisation and learned less in the
-    learning check (docs/learning_check.md).
+    [1/D, 1], which needs a far larger ``cov_coeff`` to weigh as much. Both choices measured:
+    docs/learning_check.md ("VICReg+TiCo: NaN within 20 steps").
     Gradient and multi-device handling as ``tico_loss``; the new C_t is ``aux['cov']``.
     """
     if projections not in ("normalized", "raw"):

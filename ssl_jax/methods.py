@@ -13,8 +13,6 @@ A loss adapter is called as `adapter(online, target, loss_state, axis_name, **co
 import dataclasses
 from typing import Callable
 
-import jax.numpy as jnp
-
 from ssl_jax import losses
 
 
@@ -26,8 +24,8 @@ class Method:
     loss_state_keys: tuple = ()
 
     def init_loss_state(self, projection_dim):
-        """Initial loss state: TiCo's running covariance starts at zero."""
-        return {key: jnp.zeros((projection_dim, projection_dim), jnp.float32) for key in self.loss_state_keys}
+        """Initial loss state: each key is a running covariance of the projections (TiCo's), starting at zero."""
+        return {key: losses.tico_initial_cov(projection_dim) for key in self.loss_state_keys}
 
 
 def _simclr(online, target, loss_state, axis_name, temperature=0.5):

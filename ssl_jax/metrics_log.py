@@ -3,8 +3,7 @@ import json
 import os
 import time
 
-METRICS_FILE = "metrics.jsonl"
-LOSS_PLOT_FILE = "loss.png"
+from ssl_jax import run_files
 
 
 def format_duration(seconds):
@@ -34,7 +33,7 @@ class MetricLogger:
     def _tensorboard(self):
         if self._writer is None:
             from tensorboardX import SummaryWriter  # imported on first use: keeps start-up light
-            self._writer = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+            self._writer = SummaryWriter(os.path.join(self.workdir, run_files.TENSORBOARD_DIR))
         return self._writer
 
     def start(self, step):
@@ -67,7 +66,7 @@ class MetricLogger:
             record["train/images_per_sec"] = rate
             record["train/window_seconds"] = window
             record.update({f"train/{what}_seconds": seconds for what, seconds in excluded.items()})
-        with open(os.path.join(self.workdir, METRICS_FILE), "a") as f:
+        with open(os.path.join(self.workdir, run_files.METRICS_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
         writer = self._tensorboard()
         for key, value in record.items():
@@ -95,7 +94,7 @@ class MetricLogger:
 
 
 def read_metrics(workdir):
-    path = os.path.join(workdir, METRICS_FILE)
+    path = os.path.join(workdir, run_files.METRICS_FILE)
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -104,7 +103,7 @@ def read_metrics(workdir):
 
 def truncate(workdir, step):
     """Drops log records after `step`, so a resumed run does not log the steps it redoes twice."""
-    path = os.path.join(workdir, METRICS_FILE)
+    path = os.path.join(workdir, run_files.METRICS_FILE)
     records = read_metrics(workdir)
     kept = [r for r in records if r["step"] <= step]
     if len(kept) == len(records):
@@ -129,7 +128,7 @@ def plot_loss(workdir, title=""):
     ax.set_ylabel("training loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    path = os.path.join(workdir, LOSS_PLOT_FILE)
+    path = os.path.join(workdir, run_files.LOSS_PLOT_FILE)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -53,12 +53,11 @@ def batch_norm_train(x, scale, bias, num_views, epsilon, axis_name, relu):
     """Train-mode BatchNorm (+ ReLU) of x [V*B, ..., C] with per-view batch statistics; returns
     (y, mean, var), mean and var [V, C] (biased, float32) for the running averages.
 
-    y = act((x - mean_v) * a_v + bias), a_v = scale / sqrt(var_v + eps), x - mean_v taken first: the
-    multiply-add form x * a_v + (bias - mean_v a_v) loses digits to cancellation, enough that one device and 8
-    disagreed by 2.5e-4 (against 1.4e-6) in a parameter after one tiny VICReg step. The gradient is written
-    out (`_batch_norm_bwd`) rather than traced through the statistics: two reductions and one element-wise
-    pass, where autodiff of the same formula gives XLA's CPU backend a dozen passes over each activation
-    (docs/benchmarks.md). mean and var carry no gradient.
+    y = act((x - mean_v) * a_v + bias), a_v = scale / sqrt(var_v + eps), with x - mean_v taken first: the
+    multiply-add form x * a_v + (bias - mean_v a_v) loses digits to cancellation, enough for 1 and 8 devices to
+    disagree. The gradient is written out (`_batch_norm_bwd`: two reductions and one element-wise pass) rather
+    than traced through the statistics, which costs XLA's CPU backend many more passes over each activation.
+    mean and var carry no gradient. Measurements: docs/benchmarks.md, "BatchNorm with a written-out gradient".
     """
     missing = tuple(sorted(_varying_axes(x) - _varying_axes(scale)))
     if missing:  # inside shard_map(check_vma=True): autodiff psums the parameters' gradient over these axes

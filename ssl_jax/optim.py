@@ -38,9 +38,9 @@ def scale_by_clipped_trust_ratio(trust_coefficient, learning_rate, mask, eps=0.0
 
     With ``r = eta ||p|| / ||u||`` (u the update so far, weight decay included) the update becomes
     ``min(r / lr_t, 1) u``; the learning rate applied after it makes the step ``min(r, lr_t) u``. Unclipped LARS
-    takes steps of ``lr_t eta ||p||`` per layer however small the gradient: with lr 1.0 and eta 0.02 that is 2% of
-    every weight matrix per step (20% with momentum 0.9), which kept BYOL and TiCo from learning in short runs
-    (docs/learning_check.md). Parameters outside `mask` (biases, BatchNorm) pass through, as in LARS.
+    takes steps of ``lr_t eta ||p||`` per layer however small the gradient; the clip bounds them by SGD's (why
+    BYOL and TiCo need it: docs/learning_check.md). Parameters outside `mask` (biases, BatchNorm) pass through,
+    as in LARS.
     """
 
     schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)

@@ -24,6 +24,18 @@ AXIS = "batch"
 PARALLEL_MODES = ("shard_map", "pmap")
 
 
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+    """`jax.distributed.initialize`, from explicit flags or, when none are given, from the environment
+    (Cloud TPU pods, SLURM, Open MPI auto-detection)."""
+    import jax
+
+    kwargs = {k: v for k, v in dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                                    process_id=process_id).items() if v is not None}
+    jax.distributed.initialize(**kwargs)
+    print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local of "
+          f"{jax.device_count()} devices", flush=True)
+
+
 def make_mesh(num_devices=0):
     """A one-axis mesh over the first `num_devices` devices (0: all devices of all processes)."""
     devices = jax.devices()
@@ -118,6 +130,18 @@ def _put_replicated(x, sharding):
     if jax.process_count() > 1:
         return jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index])
     return jax.device_put(x, sharding)
+
+
+def local_copy(tree, copy=True):
+    """This process's copy of each (replicated) jax.Array in `tree` as numpy, waiting for it to be computed; other
+    leaves as they are. Works for multi-host replicated arrays too.
+
+    `copy=True` makes a real copy: on the CPU backend `np.asarray` can alias the device buffer, which the next
+    step's donation then overwrites. `copy=False` is for arrays no step will donate (a checkpoint's snapshot)."""
+    def to_host(x):
+        return np.array(x.addressable_data(0), copy=True) if copy else np.asarray(x.addressable_data(0))
+
+    return jax.tree.map(lambda x: to_host(x) if isinstance(x, jax.Array) else x, tree)
 
 
 def prefetch(iterator, put_fn, size=2):

@@ -22,12 +22,11 @@ from ssl_jax import methods
 from ssl_jax import metrics_log
 from ssl_jax import models
 from ssl_jax import optim
-from ssl_jax import runtime
+from ssl_jax import preemption
+from ssl_jax import run_files
 from ssl_jax import sharding
 from ssl_jax import train_step
 
-EVAL_FILE = "eval.json"
-CONFIG_FILE = "config.json"  # the run's full config, read back by `python -m ssl_jax.evaluate --workdir`
 
 
 def log(message):
@@ -43,8 +42,8 @@ def compute_dtype(name):
 
 
 def conv_impl(name):
-    """'auto' is XLA's native conv on every backend. On CPU 'im2col_strided' measured +7% with the old XLA
-    flags and no gain with today's 'auto' flags (docs/benchmarks.md), so it stays opt-in."""
+    """'auto' is XLA's native conv on every backend; the im2col forms stay opt-in (docs/benchmarks.md, "Strided
+    convolutions as a matmul")."""
     return "xla" if name == "auto" else name
 
 
@@ -130,15 +129,6 @@ def host_batches(exp, start_step, end_step=None):
                               jax.process_index(), jax.process_count())
 
 
-def local_copy(tree):
-    """One host copy of replicated device arrays (works for multi-host replicated arrays too).
-
-    A real copy: on the CPU backend `np.asarray` can alias the device buffer, which the next step's donation
-    then overwrites."""
-    return jax.tree.map(lambda x: np.array(x.addressable_data(0), copy=True) if isinstance(x, jax.Array) else x,
-                        tree)
-
-
 def make_encode_fn(net, params, batch_stats):
     """uint8 images -> backbone features, in eval mode, jitted."""
     variables = {"params": params, "batch_stats": batch_stats}
@@ -153,7 +143,7 @@ def make_encode_fn(net, params, batch_stats):
 
 def evaluate_state(exp, state, linear=True):
     """kNN (and optionally linear) evaluation of the state's backbone on frozen features."""
-    host_state = local_copy(exp.dp.get_state(state))
+    host_state = sharding.local_copy(exp.dp.get_state(state))
     encode = make_encode_fn(exp.net, host_state.params, host_state.batch_stats)
     return evaluate.evaluate_backbone(encode, exp.dataset, exp.config.eval, exp.config.seed, linear=linear)
 
@@ -181,9 +171,9 @@ NO_READABLE_CHECKPOINT_CHOICES = ("stop", "start_over")
 
 
 def nonfinite_parts(state):
-    """The names of the state's fields (params, opt_state, ...) holding a NaN or inf, checked on the host (no
-    compile: a jitted check cost the first save 1.8 s, docs/benchmarks.md)."""
-    host = checkpoint.host_view(flax.serialization.to_state_dict(state))
+    """The names of the state's fields (params, opt_state, ...) holding a NaN or inf, checked on the host so that
+    nothing compiles at the first save (docs/benchmarks.md, "Checkpoints and evaluation in the loop")."""
+    host = sharding.local_copy(flax.serialization.to_state_dict(state), copy=False)
     return sorted(k for k, v in host.items() if not all(
         np.isfinite(x).all() for x in jax.tree.leaves(v) if np.issubdtype(np.asarray(x).dtype, np.inexact)))
 
@@ -295,8 +285,8 @@ def train(exp, workdir, stop_after_steps=None):
     Time spent on checkpoints and evaluations is left out of the progress line's images/s and said beside it.
     """
     config = exp.config
-    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every_steps,
-                                           config.keep_checkpoints)
+    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, run_files.CHECKPOINT_DIR),
+                                           config.checkpoint_every_steps, config.keep_checkpoints)
     state, start_step = restore_or_init(exp, checkpointer)
     if jax.process_index() == 0:
         metrics_log.truncate(workdir, start_step)
@@ -318,7 +308,7 @@ def train(exp, workdir, stop_after_steps=None):
         logger.write(step, scalars)
         pending.clear()
 
-    with runtime.PreemptionNotice() as notice:
+    with preemption.PreemptionNotice() as notice:
         for step in range(start_step + 1, last_step + 1):
             state, metrics = step_fn(state, next(batches))
             metrics = exp.dp.get_metrics(metrics)
@@ -357,7 +347,7 @@ def run_steps(exp, state, start_step, num_steps, step_fn=None):
 def write_results(workdir, results):
     if jax.process_index() != 0:
         return
-    path = os.path.join(workdir, EVAL_FILE)
+    path = os.path.join(workdir, run_files.EVAL_FILE)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(results, f, indent=2)
@@ -370,13 +360,13 @@ def train_and_evaluate(config, workdir, dataset=None):
     checkpoint.check_writable(workdir)
     exp = build_experiment(config, dataset)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        with open(os.path.join(workdir, run_files.CONFIG_FILE), "w") as f:
             f.write(config.to_json(indent=2))
     log(f"Data: {exp.dataset.source}; {len(exp.dataset.train.labels)} train / "
         f"{len(exp.dataset.test.labels)} test images, {exp.dataset.num_classes} classes.")
     state = train(exp, workdir)
-    host_state = local_copy(exp.dp.get_state(state))
-    checkpoint.export_encoder(os.path.join(workdir, "encoder"), host_state.params, host_state.batch_stats,
+    host_state = sharding.local_copy(exp.dp.get_state(state))
+    checkpoint.export_encoder(os.path.join(workdir, run_files.ENCODER_DIR), host_state.params, host_state.batch_stats,
                               config.model)
     log("Evaluating the frozen backbone (kNN and linear)...")
     results = evaluate_state(exp, state)
@@ -388,5 +378,5 @@ def train_and_evaluate(config, workdir, dataset=None):
     write_results(workdir, results)
     if jax.process_index() == 0:
         metrics_log.plot_loss(workdir, title=f"{config.method} {config.model.name}")
-    log(f"Results: {evaluate.format_results(results)} -> {os.path.join(workdir, EVAL_FILE)}")
+    log(f"Results: {evaluate.format_results(results)} -> {os.path.join(workdir, run_files.EVAL_FILE)}")
     return results

@@ -74,10 +74,9 @@ def forward_views(net, params, batch_stats, views, use_predictor=True):
     """Both views through the network in train mode as one stacked batch, each view with its own BatchNorm
     statistics (as BYOL, VICReg and Barlow Twins do) and the running averages updated view after view.
 
-    The same function as one call per view, but every convolution runs once over both views: each weight
-    gradient is one convolution instead of two whose results are added, and on the XLA CPU backend that `add`
-    pulled them into slow YNNPACK fusions (the step: median +7%, docs/benchmarks.md). One call per view would
-    also compile the network twice; `lax.scan` over the views ran over 30x slower on CPU.
+    It computes what one call per view would, but runs every convolution once over both views, so each weight
+    gradient is one convolution and the network compiles once (why that is faster, and the alternatives
+    measured: docs/benchmarks.md, "Both views in one batch, per-view BatchNorm").
     """
     stacked = jnp.concatenate(views)
     out, updates = net.apply({"params": params, "batch_stats": batch_stats}, stacked, train=True,
@@ -93,14 +92,6 @@ def _probe_loss(probe, probe_params, features, labels):
     return loss, (logits.argmax(-1) == labels).mean()
 
 
-def normalized_std(z):
-    """SimSiam's collapse indicator (Chen & He 2021, Sec. 4.1): the per-channel standard deviation over the batch
-    of the L2-normalised outputs, averaged over channels; about 1/sqrt(d) when healthy, 0 when collapsed."""
-    z = z.astype(jnp.float32)
-    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-    return jnp.mean(jnp.std(z, axis=0))
-
-
 def _scalar_metrics(aux):
     return {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
 
@@ -112,17 +103,18 @@ def step_key(state):
 
 def augmented_views(key, batch, view_configs):
     """Two normalised views of the uint8 batch['image'], each example's randomness from `key` and its global
-    batch['index'] (so the views do not depend on how the batch is split over devices)."""
-    views = augment.two_views(key, batch["image"], batch["index"], *view_configs)
+    batch['global_index'] (so the views do not depend on how the batch is split over devices)."""
+    views = augment.two_views(key, batch["image"], batch["global_index"], *view_configs)
     return tuple(augment.normalize(v) for v in views)
 
 
 def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_configs, loss_kwargs,
                          ema_base_decay, total_steps, axis_name=AXIS):
-    """Builds `per_device_step(state, batch)`; `batch` holds uint8 'image', int 'label' and global 'index'.
+    """Builds `per_device_step(state, batch)`; `batch` holds uint8 'image', int 'label' and 'global_index' (each
+    example's position in the global batch).
 
     With `view_configs=None` the batch brings its two views ready ('views', normalised float arrays) instead of
-    'image' and 'index': the step without its augmentation, as `ssl_jax.bench --part=views` times it to compare
+    'image' and 'global_index': the step without its augmentation, as `ssl_jax.bench --part=views` times it to compare
     with a reference step timed on ready views."""
 
     def per_device_step(state, batch):

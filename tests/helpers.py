@@ -3,16 +3,17 @@ import os
 
 import numpy as np
 
+from ssl_jax import config_files
+from ssl_jax import config_lib
 from ssl_jax import data
-from ssl_jax import learning_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(REPO, "configs")
+CONFIG_DIR = config_files.CONFIG_DIR
 
 
 def load_config(name, arg="smoke"):
-    """configs/<name>.py's get_config(arg), loaded by path as ml_collections' config flag does."""
-    return learning_check.load_config(name, arg)
+    """configs/<name>.py's get_config(arg); the :smoke variant unless `arg` says otherwise."""
+    return config_files.load_config(name, arg)
 
 
 def tiny_config(name="simclr_cifar", batch_size=16, steps=4, **overrides):
@@ -21,11 +22,7 @@ def tiny_config(name="simclr_cifar", batch_size=16, steps=4, **overrides):
     config.batch_size = batch_size
     config.num_train_steps = steps
     config.model.width = 4
-    config.model.projector_hidden = (32,)
-    config.model.projection_dim = 16
-    if config.model.predictor_dim:
-        config.model.predictor_hidden = (32,)
-        config.model.predictor_dim = 16
+    config_lib.set_head_sizes(config, hidden=32, output=16)
     config.log_every_steps = 2
     config.checkpoint_every_steps = 2
     config.eval.linear_epochs = 2

@@ -20,14 +20,15 @@ def main(coordinator, num_processes, process_id, workdir, out_path):
     if num_processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator, num_processes, process_id)
+    from ssl_jax import sharding
     from ssl_jax import train
 
     config = helpers.tiny_config(steps=2, batch_size=16, checkpoint_every_steps=1)
     dataset = helpers.synthetic_dataset(num_train=32)
     train.train(train.build_experiment(config, dataset), workdir, stop_after_steps=1)
     state = train.train(train.build_experiment(config, dataset), workdir)
-    leaves = train.local_copy(jax.tree.leaves(state.params))
-    np.savez(out_path, *leaves, step=int(train.local_copy(state.step)), devices=jax.device_count())
+    leaves = sharding.local_copy(jax.tree.leaves(state.params))
+    np.savez(out_path, *leaves, step=int(sharding.local_copy(state.step)), devices=jax.device_count())
 
 
 if __name__ == "__main__":

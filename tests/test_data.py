@@ -367,12 +367,12 @@ def test_host_batch_two_processes_equal_one():
     for step in (0, 3, 11):
         whole = data.host_batch(split, step, 8, seed=1)
         parts = [data.host_batch(split, step, 8, seed=1, process_index=p, process_count=2) for p in range(2)]
-        for key in ("image", "label", "index"):
+        for key in ("image", "label", "global_index"):
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
-        np.testing.assert_array_equal(whole["index"], np.arange(8))
-        np.testing.assert_array_equal(parts[1]["index"], np.arange(4, 8))
+        np.testing.assert_array_equal(whole["global_index"], np.arange(8))
+        np.testing.assert_array_equal(parts[1]["global_index"], np.arange(4, 8))
         assert whole["image"].dtype == np.uint8 and whole["label"].dtype == np.int32
-        assert whole["index"].dtype == np.int32 and whole["image"].shape == (8, 32, 32, 3)
+        assert whole["global_index"].dtype == np.int32 and whole["image"].shape == (8, 32, 32, 3)
         idx = data.batch_indices(40, 8, 1, step)
         np.testing.assert_array_equal(whole["label"], split.labels[idx])
 

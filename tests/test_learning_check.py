@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import helpers
+from ssl_jax import collapse
+from ssl_jax import config_files
 from ssl_jax import learning_check
+from ssl_jax import sharding
 from ssl_jax import train
 
 SMALL = ("batch_size=32", "model.projector_hidden=[32]", "model.projection_dim=16", "eval.knn_k=5",
@@ -16,14 +19,14 @@ SMALL = ("batch_size=32", "model.projector_hidden=[32]", "model.projection_dim=1
 def test_every_method_has_a_config_of_its_own():
     from ssl_jax import methods
 
-    assert sorted(learning_check.METHOD_CONFIGS) == sorted(methods.METHODS)
-    for method, name in learning_check.METHOD_CONFIGS.items():
-        assert learning_check.load_config(name).method == method
+    assert sorted(config_files.METHOD_CONFIGS) == sorted(methods.METHODS)
+    for method, name in config_files.METHOD_CONFIGS.items():
+        assert config_files.load_config(name).method == method
 
 
 def test_check_config_shrinks_the_method_config_and_keeps_its_recipe():
     config = learning_check.check_config("byol", steps=50, width=8)
-    recipe = learning_check.load_config("byol_cifar")
+    recipe = config_files.load_config("byol_cifar")
     assert (config.model.width, config.batch_size, config.num_train_steps) == (8, 256, 50)
     assert config.model.projector_hidden == recipe.model.projector_hidden
     assert config.optimizer.base_lr == recipe.optimizer.base_lr
@@ -68,7 +71,7 @@ def test_random_init_backbone_is_the_same_for_every_method():
     for method, extra in (("simclr", ()), ("byol", ("model.predictor_hidden=[32]", "model.predictor_dim=16")),
                           ("vicreg", ())):
         exp = train.build_experiment(learning_check.check_config(method, 2, 4, SMALL + extra), dataset)
-        backbones.append(train.local_copy(train.initial_state(exp)).params["backbone"])
+        backbones.append(sharding.local_copy(train.initial_state(exp)).params["backbone"])
     for other in backbones[1:]:
         for a, b in zip(jax.tree.leaves(backbones[0]), jax.tree.leaves(other)):
             np.testing.assert_array_equal(a, b)
@@ -87,26 +90,22 @@ def test_verdict(losses, gain, expected):
 
 
 def test_normalized_std_against_numpy():
-    from ssl_jax import train_step
-
     z = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32) + 3.0
     zn = z / np.linalg.norm(z, axis=1, keepdims=True)
-    np.testing.assert_allclose(train_step.normalized_std(z), zn.std(axis=0).mean(), rtol=1e-5)
+    np.testing.assert_allclose(collapse.normalized_std(z), zn.std(axis=0).mean(), rtol=1e-5)
     collapsed = np.tile(z[:1], (64, 1))
-    assert float(train_step.normalized_std(collapsed)) < 1e-3
+    assert float(collapse.normalized_std(collapsed)) < 1e-3
 
 
 def test_effective_rank_against_numpy():
-    from ssl_jax import evaluate
-
     rng = np.random.default_rng(0)
     features = rng.normal(size=(128, 16)) * np.linspace(0.1, 3.0, 16)
     s = np.linalg.svd(features, compute_uv=False)
     p = s / s.sum() + 1e-7
-    np.testing.assert_allclose(evaluate.effective_rank(features), np.exp(-np.sum(p * np.log(p))), rtol=1e-4)
+    np.testing.assert_allclose(collapse.effective_rank(features), np.exp(-np.sum(p * np.log(p))), rtol=1e-4)
     rank_one = np.outer(rng.normal(size=128), rng.normal(size=16))
-    assert float(evaluate.effective_rank(rank_one)) < 1.01
-    assert 15.0 < float(evaluate.effective_rank(rng.normal(size=(4096, 16)))) <= 16.0
+    assert float(collapse.effective_rank(rank_one)) < 1.01
+    assert 15.0 < float(collapse.effective_rank(rng.normal(size=(4096, 16)))) <= 16.0
 
 
 def test_set_values_split_at_commas_outside_brackets():

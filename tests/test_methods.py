@@ -8,12 +8,10 @@ import sys
 import pytest
 
 import helpers
+from ssl_jax import config_files
 from ssl_jax import losses
 from ssl_jax import methods
 
-CONFIG_OF_METHOD = {"simclr": "simclr_cifar", "byol": "byol_cifar", "vicreg": "vicreg_cifar", "tico": "tico_cifar",
-                    "vicreg_tico": "vicreg_tico_cifar", "barlow_twins": "barlow_cifar", "simsiam": "simsiam_cifar",
-                    "moco_v3": "mocov3_cifar"}
 LOSS_OF_METHOD = {"simclr": losses.nt_xent, "byol": losses.byol_loss, "vicreg": losses.vicreg_loss,
                   "tico": losses.tico_loss, "vicreg_tico": losses.vicreg_tico_loss,
                   "barlow_twins": losses.barlow_twins_loss, "simsiam": losses.simsiam_loss,
@@ -21,15 +19,15 @@ LOSS_OF_METHOD = {"simclr": losses.nt_xent, "byol": losses.byol_loss, "vicreg": 
 
 
 def test_every_registered_method_has_a_config():
-    assert set(methods.METHODS) == set(CONFIG_OF_METHOD)
+    assert set(methods.METHODS) == set(config_files.METHOD_CONFIGS)
 
 
-@pytest.mark.parametrize("method", sorted(CONFIG_OF_METHOD))
+@pytest.mark.parametrize("method", sorted(config_files.METHOD_CONFIGS))
 def test_config_matches_the_registry(method):
     """The config names the method, gives a predictor when the method needs one, and its loss keys are exactly
     keyword arguments of the method's loss."""
     for arg in (None, "smoke"):
-        config = helpers.load_config(CONFIG_OF_METHOD[method], arg)
+        config = helpers.load_config(config_files.METHOD_CONFIGS[method], arg)
         entry = methods.get_method(config.method)
         assert config.method == method
         assert (config.model.predictor_dim > 0) == entry.predictor
@@ -61,11 +59,11 @@ def image_folder(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("method", sorted(CONFIG_OF_METHOD))
+@pytest.mark.parametrize("method", sorted(config_files.METHOD_CONFIGS))
 def test_smoke_config_runs_from_the_command_line(method, image_folder, tmp_path):
     """`python -m ssl_jax.main --config=configs/X.py:smoke`, shrunk to 2 steps of a width-4 network."""
     workdir = tmp_path / "w"
-    args = [sys.executable, "-m", "ssl_jax.main", f"--config=configs/{CONFIG_OF_METHOD[method]}.py:smoke",
+    args = [sys.executable, "-m", "ssl_jax.main", f"--config=configs/{config_files.METHOD_CONFIGS[method]}.py:smoke",
             f"--workdir={workdir}", f"--config.data.path={image_folder}", f"--config.data.cache_dir={tmp_path}",
             "--config.batch_size=16", "--config.num_train_steps=2", "--config.model.width=4",
             "--config.eval.knn_k=5", "--config.eval.linear_epochs=2", "--config.xla_cpu_flags=none"]

@@ -14,9 +14,11 @@ from ml_collections import config_flags
 
 import helpers
 from ssl_jax import checkpoint
+from ssl_jax import cli
+from ssl_jax import config_files
 from ssl_jax import learning_check
 from ssl_jax import metrics_log
-from ssl_jax import runtime
+from ssl_jax import preemption
 from ssl_jax import train
 
 SMOKE = os.path.join(helpers.CONFIG_DIR, "simclr_cifar.py") + ":smoke"
@@ -31,7 +33,7 @@ def run_module(module, *args, timeout=120):
 @pytest.mark.parametrize("module", ["ssl_jax.main", "ssl_jax.bench"])
 def test_a_typo_in_a_config_key_is_one_line_naming_it(module, tmp_path):
     result = run_module(module, f"--config={SMOKE}", f"--workdir={tmp_path}", "--config.modle.width=3")
-    assert result.returncode == runtime.USAGE_ERROR_STATUS
+    assert result.returncode == cli.USAGE_ERROR_STATUS
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "--config.modle.width=3" in lines[0] and "'modle'" in lines[0] and "did you mean 'model'" in lines[0]
@@ -50,7 +52,7 @@ def test_flag_mistakes_are_described_in_one_line(args, expected):
     flags.DEFINE_string("workdir", None, "", flag_values=fresh)
     with pytest.raises(Exception) as parse_error:
         fresh(argv)
-    message = runtime.describe_flag_error(argv, parse_error.value)
+    message = cli.describe_flag_error(argv, parse_error.value)
     assert "\n" not in message
     for part in expected:
         assert part in message, message
@@ -61,7 +63,7 @@ def test_flag_mistakes_are_described_in_one_line(args, expected):
     (os.path.join(helpers.CONFIG_DIR, "nope.py"), ["no such file", "simclr_cifar.py", "byol_cifar.py"]),
 ])
 def test_a_wrong_config_file_or_variant_names_the_choices(config_arg, expected):
-    message = runtime.config_problem(config_arg, [])
+    message = cli.config_problem(config_arg, [])
     for part in expected:
         assert part in message, message
 
@@ -93,7 +95,7 @@ def cli_config(image_folder, **changes):
     config = helpers.load_config("simclr_cifar")
     for key, value in {**CLI_OVERRIDES, "data.path": str(image_folder),
                        "data.cache_dir": str(image_folder.parent / "cache"), **changes}.items():
-        learning_check.set_value(config, key, value)
+        config_files.set_value(config, key, value)
     return config
 
 
@@ -129,7 +131,7 @@ def test_sigterm_saves_the_step_in_flight_and_the_same_command_resumes_exactly(i
                 process.send_signal(signal.SIGTERM)
                 break
         stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == runtime.PREEMPTED_EXIT_STATUS, stderr[-3000:]
+    assert process.returncode == preemption.PREEMPTED_EXIT_STATUS, stderr[-3000:]
     saved = int(re.search(r"Stopped by SIGTERM at step (\d+): the checkpoint at step \1 is saved", stdout).group(1))
     assert 2 <= saved < 24 and (tmp_path / "w" / "checkpoints" / str(saved)).is_dir()
     assert not (tmp_path / "w" / "eval.json").exists()

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 import helpers
+from ssl_jax import config_files
 from ssl_jax import sharding
 from ssl_jax import train
 
-METHOD_CONFIGS = ["simclr_cifar", "byol_cifar", "vicreg_cifar", "tico_cifar", "vicreg_tico_cifar", "barlow_cifar",
-                  "simsiam_cifar", "mocov3_cifar"]
+METHOD_CONFIGS = list(config_files.METHOD_CONFIGS.values())
 
 STATE_SLOTS = ("params", "batch_stats", "opt_state", "target_params", "target_batch_stats", "loss_state",
                "probe_params")
@@ -32,8 +32,8 @@ def _run(config_name, num_devices, steps, parallel="shard_map", tracked=None):
         state, metrics = train.run_steps(exp, state, step, 1, step_fn)
         values.append((tracked or (lambda m, k: float(m["loss"])))(metrics, step))
         if step == 0:
-            after_first = train.local_copy((exp.dp.get_state(state), metrics))
-    return after_first, values, train.local_copy(exp.dp.get_state(state))
+            after_first = sharding.local_copy((exp.dp.get_state(state), metrics))
+    return after_first, values, sharding.local_copy(exp.dp.get_state(state))
 
 
 def _assert_trees_close(a, b, rtol, atol):

@@ -13,6 +13,9 @@ import pytest
 
 import helpers
 from ssl_jax import sweep as sweep_lib
+from ssl_jax import sweep_cells
+from ssl_jax import sweep_report
+from ssl_jax import sweep_runner
 
 SWEEP_DIR = os.path.join(helpers.CONFIG_DIR, "sweeps")
 SHIPPED = {  # file: {variant: cells}
@@ -23,13 +26,13 @@ SHIPPED = {  # file: {variant: cells}
 
 
 def make_sweep(grids, **fields):
-    return sweep_lib.base_sweep("test", "a test sweep", grids, config_arg="smoke", **fields)
+    return sweep_cells.base_sweep("test", "a test sweep", grids, config_arg="smoke", **fields)
 
 
 def test_grids_expand_to_each_combination_once():
     sweep = make_sweep([dict(method=["simclr", "byol"], epochs=[20, 40], batch_size=[64]),
                         dict(method=["simclr", "byol"], epochs=[40], batch_size=[64, 128])])
-    cells = sweep_lib.expand(sweep)
+    cells = sweep_cells.expand(sweep)
     expected = [(m, e, b) for m in ("simclr", "byol") for e in (20, 40) for b in (64,)]
     expected += [(m, 40, 128) for m in ("simclr", "byol")]
     assert [(c.method, c.value("epochs"), c.value("batch_size")) for c in cells] == expected
@@ -41,7 +44,7 @@ def test_grids_expand_to_each_combination_once():
 def test_nominal_epochs_become_steps_and_any_config_key_is_an_axis():
     sweep = make_sweep([dict(method=["tico"], epochs=[20, 100], **{"loss.rho": [8.0, 20.0]})],
                        steps_per_epoch=0.5)
-    cells = sweep_lib.expand(sweep)
+    cells = sweep_cells.expand(sweep)
     assert [dict(c.overrides) for c in cells] == [
         {"num_train_steps": s, "loss.rho": r} for s in (10, 50) for r in (8.0, 20.0)]
     assert cells[1].name == "tico_ep20_rho20.0"
@@ -50,33 +53,33 @@ def test_nominal_epochs_become_steps_and_any_config_key_is_an_axis():
 def test_one_run_reads_the_epochs_axis_from_evaluations_during_one_run():
     sweep = make_sweep([dict(method=["simclr"], epochs=[20, 40, 60, 80, 100], batch_size=[64, 128])],
                        epochs_from="one_run")
-    cells = sweep_lib.expand(sweep)
+    cells = sweep_cells.expand(sweep)
     assert [c.name for c in cells] == ["simclr_ep100-every20_bs64", "simclr_ep100-every20_bs128"]
     overrides = dict(cells[0].overrides)
     assert overrides["num_epochs"] == 100 and overrides["eval.every_epochs"] == 20
     assert cells[0].evaluated_epochs == (20, 40, 60, 80, 100)
     with pytest.raises(ValueError, match="needs whole epochs"):
-        sweep_lib.expand(make_sweep(sweep.grids, steps_per_epoch=2.0, epochs_from="one_run"))
+        sweep_cells.expand(make_sweep(sweep.grids, steps_per_epoch=2.0, epochs_from="one_run"))
 
 
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="'simclrr' is not one of"):
-        sweep_lib.expand(make_sweep([dict(method=["simclrr"])]))
+        sweep_cells.expand(make_sweep([dict(method=["simclrr"])]))
 
 
 def test_cell_command_is_ssl_jax_main_with_the_cell_settings_last_the_command_line():
     sweep = make_sweep([dict(method=["byol"], batch_size=[32])], overrides=["model.width=4"])
-    cell, = sweep_lib.expand(sweep)
-    args = shlex.split(sweep_lib.cell_command(sweep, cell, "/w", ["--config.data.path=/d x"], python="py"))
+    cell, = sweep_cells.expand(sweep)
+    args = shlex.split(sweep_cells.cell_command(sweep, cell, "/w", ["--config.data.path=/d x"], python="py"))
     assert args[:3] == ["py", "-m", "ssl_jax.main"]
     assert args[3] == "--config=" + os.path.relpath(os.path.join(helpers.CONFIG_DIR, "byol_cifar.py")) + ":smoke"
     assert args[4:] == ["--workdir=/w/byol_bs32", "--config.model.width=4", "--config.batch_size=32",
                         "--config.data.path=/d x"]
-    config = sweep_lib.cell_config(sweep, cell, ["--config.eval.knn_k=7"])
+    config = sweep_cells.cell_config(sweep, cell, ["--config.eval.knn_k=7"])
     assert (config.model.width, config.batch_size, config.eval.knn_k, config.method) == (4, 32, 7, "byol")
     with pytest.raises(ValueError, match=r"cell byol_bs32: --config.model.widht=3: config.model has no key "
                                          r".widht. \(did you mean .width.\?\)"):
-        sweep_lib.cell_config(sweep, cell, ["--config.model.widht=3"])
+        sweep_cells.cell_config(sweep, cell, ["--config.model.widht=3"])
 
 
 def test_command_line_settings_for_every_cell_and_sweep_file_mistakes_in_one_line():
@@ -95,20 +98,20 @@ def test_published_figures_match_on_the_axes_that_vary():
     seed = dict(method="simclr", epochs=20, batch_size=64, metric="linear_top1", value=26.56, source="seed")
     other_budget = dict(method="simclr", epochs=200, batch_size=512, metric="knn_top1", value=84.8, source="l")
     varying = make_sweep([dict(method=["simclr"], epochs=[20, 40], batch_size=[64])], published=[seed])
-    cells = sweep_lib.expand(varying)
-    assert sweep_lib.matching_published(varying, cells, "simclr", {"epochs": 20, "batch_size": 64}) == [seed]
-    assert sweep_lib.matching_published(varying, cells, "simclr", {"epochs": 40, "batch_size": 64}) == []
+    cells = sweep_cells.expand(varying)
+    assert sweep_report.matching_published(varying, cells, "simclr", {"epochs": 20, "batch_size": 64}) == [seed]
+    assert sweep_report.matching_published(varying, cells, "simclr", {"epochs": 40, "batch_size": 64}) == []
     one_budget = make_sweep([dict(method=["simclr", "byol"], epochs=[20])], published=[seed, other_budget])
-    cells = sweep_lib.expand(one_budget)
-    assert sweep_lib.matching_published(one_budget, cells, "simclr", {"epochs": 20}) == [seed, other_budget]
-    assert sweep_lib.matching_published(one_budget, cells, "byol", {"epochs": 20}) == []
+    cells = sweep_cells.expand(one_budget)
+    assert sweep_report.matching_published(one_budget, cells, "simclr", {"epochs": 20}) == [seed, other_budget]
+    assert sweep_report.matching_published(one_budget, cells, "byol", {"epochs": 20}) == []
 
 
 def test_one_run_report_rows_come_from_the_metrics_log(tmp_path):
     """kNN at the smaller epochs from metrics.jsonl's eval records (as train.train writes them), the last row
     from eval.json."""
     sweep = make_sweep([dict(method=["simclr"], epochs=[1, 2, 3])], epochs_from="one_run")
-    cell, = sweep_lib.expand(sweep)
+    cell, = sweep_cells.expand(sweep)
     celldir = tmp_path / cell.name
     celldir.mkdir()
     records = [{"step": 4, "epoch": 1.0, "train/loss": 5.0}, {"step": 4, "epoch": 1.0, "eval/knn_top1": 0.25},
@@ -116,19 +119,19 @@ def test_one_run_report_rows_come_from_the_metrics_log(tmp_path):
     (celldir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (celldir / "eval.json").write_text(json.dumps(dict(knn_top1=0.75, linear_top1=0.5, linear_top5=0.9, step=12,
                                                        knn_top1_random_init=0.2, linear_top1_random_init=0.125)))
-    rows = sweep_lib.gather(sweep, str(tmp_path))
+    rows = sweep_report.gather(sweep, str(tmp_path))
     assert [(r["epochs"], r["knn_top1"], r["linear_top1"]) for r in rows] == [(1, 0.25, None), (2, 0.5, None),
                                                                               (3, 0.75, 0.5)]
     assert rows[0]["source"] == "one run, kNN during training" and rows[2]["source"] == "one run, final evaluation"
     assert {(r["knn_top1_random_init"], r["linear_top1_random_init"]) for r in rows} == {(0.2, 0.125)}
-    markdown = sweep_lib.markdown_report(sweep, rows, ["epochs"], [])
+    markdown = sweep_report.markdown_report(sweep, rows, ["epochs"], [])
     assert "| simclr | 3 | 12 steps = 3 ep | 75.0 | 50.0 / 90.0 | 20.0 / 12.5 |  | one run, final evaluation |" in (
         markdown)
     assert "one run per line to the most epochs" in markdown
 
 
 def test_sweep_eta_fits_overhead_plus_time_per_image():
-    clock = sweep_lib.SweepClock()
+    clock = sweep_runner.SweepClock()
     assert clock.eta([100]).startswith("unknown")
     clock.add(1000, 30.0)
     assert clock.eta([1000, 5000]) == "0:01:00"  # one size seen: each cell as long as that one
@@ -140,25 +143,25 @@ def test_sweep_eta_fits_overhead_plus_time_per_image():
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_sweeps_build_every_cell_config(name):
     for variant, num_cells in SHIPPED[name].items():
-        sweep = sweep_lib.load_config_file(os.path.join(SWEEP_DIR, f"{name}.py") + (f":{variant}" if variant else ""))
-        cells = sweep_lib.expand(sweep)
+        sweep = sweep_cells.load_config_file(os.path.join(SWEEP_DIR, f"{name}.py") + (f":{variant}" if variant else ""))
+        cells = sweep_cells.expand(sweep)
         assert len(cells) == num_cells, variant
         for cell in cells:
-            config = sweep_lib.cell_config(sweep, cell)
+            config = sweep_cells.cell_config(sweep, cell)
             assert config.method == cell.method
         for entry in sweep.published:
             assert entry["metric"] in ("knn_top1", "linear_top1") and entry["source"] and entry["method"] in {
                 c.method for c in cells}
     with pytest.raises(ValueError, match="Unknown sweep variant"):
-        sweep_lib.load_config_file(os.path.join(SWEEP_DIR, f"{name}.py:nope"))
+        sweep_cells.load_config_file(os.path.join(SWEEP_DIR, f"{name}.py:nope"))
 
 
 SWEEP_FILE = '''
-from ssl_jax import sweep as sweep_lib
+from ssl_jax import sweep_cells
 
 
 def get_config(arg=None):
-    return sweep_lib.base_sweep(
+    return sweep_cells.base_sweep(
         "two_by_two", "2 x 2 on synthetic images", [dict(method=["simclr"], epochs=[1, 2], batch_size=[8, 16])],
         config_arg="smoke",
         overrides=["model.width=4", "eval.knn_k=5", "eval.linear_epochs=2", "eval.max_train_examples=0",

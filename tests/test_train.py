@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 import helpers
 from ssl_jax import checkpoint
+from ssl_jax import sharding
 from ssl_jax import train
 from ssl_jax import train_step
 
@@ -36,11 +37,11 @@ def _assert_trained_checkpoint(config, workdir):
     end-to-end runs on 64 images the loss changes less in 24 steps than it varies from batch to batch.
     """
     exp = train.build_experiment(config)
-    initial = train.local_copy(train.initial_state(exp))
+    initial = sharding.local_copy(train.initial_state(exp))
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every_steps)
     final, final_step = train.restore_or_init(exp, checkpointer)
     checkpointer.close()
-    final = train.local_copy(exp.dp.get_state(final))
+    final = sharding.local_copy(exp.dp.get_state(final))
     assert final_step == config.num_train_steps == int(final.step)
     for before, after in zip(jax.tree.leaves(initial.params), jax.tree.leaves(final.params)):
         assert np.isfinite(after).all() and not np.array_equal(before, after)
@@ -81,10 +82,10 @@ def test_stop_and_resume_equals_uninterrupted_run(tmp_path, config_name):
 
     interrupted_dir = str(tmp_path / "interrupted")
     first = train.train(train.build_experiment(config, dataset), interrupted_dir, stop_after_steps=3)
-    assert int(train.local_copy(first.step)) == 3
+    assert int(sharding.local_copy(first.step)) == 3
     resumed = train.train(train.build_experiment(config, dataset), interrupted_dir)
 
-    full, resumed = train.local_copy(full), train.local_copy(resumed)
+    full, resumed = sharding.local_copy(full), sharding.local_copy(resumed)
     assert int(resumed.step) == 6
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
@@ -99,7 +100,7 @@ def test_run_again_resumes_instead_of_starting_over(tmp_path, capsys):
     train.train(train.build_experiment(config, dataset), workdir)
     state = train.train(train.build_experiment(config, dataset), workdir)
     assert "Resuming from the checkpoint at step 2" in capsys.readouterr().out
-    assert int(train.local_copy(state.step)) == 2
+    assert int(sharding.local_copy(state.step)) == 2
 
 
 def test_ema_schedule_end_points():
@@ -129,8 +130,8 @@ def test_step_on_ready_views_is_the_step_without_its_augmentation():
     views = exp.dp.map_batch_fn(lambda b: train_step.augmented_views(key, b, cfgs))(batch)
     ready_state, ready_metrics = train.make_step_fn(exp, ready_views=True)(
         exp.dp.put_state(train.initial_state(exp)), {"views": views, "label": batch["label"]})
-    for got, want in zip(jax.tree.leaves(train.local_copy((ready_state, ready_metrics))),
-                         jax.tree.leaves(train.local_copy((state, metrics)))):
+    for got, want in zip(jax.tree.leaves(sharding.local_copy((ready_state, ready_metrics))),
+                         jax.tree.leaves(sharding.local_copy((state, metrics)))):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

@@ -27,7 +27,7 @@ VICReg+TiCo, Barlow Twins and SimSiam, 1.34x for BYOL, TiCo and MoCo v3; 9.10 fo
 `:cpu`: each method's `:smoke` config (ResNet-18 width 8), 20 steps at batch 64 each: run, resume and report in a
 few minutes per method on 2 CPU cores; not the published accuracies.
 """
-from ssl_jax import sweep as sweep_lib
+from ssl_jax import sweep_cells
 
 METHODS = ["simclr", "byol", "vicreg", "tico", "vicreg_tico", "barlow_twins", "simsiam", "moco_v3"]
 
@@ -52,7 +52,7 @@ def published():
 
 
 def get_config(arg=None):
-    sweep = sweep_lib.base_sweep(
+    sweep = sweep_cells.base_sweep(
         "all_methods" + (f"_{arg}" if arg else ""),
         "Every method's own config at one budget, 200 epochs at batch 512 (lightly's CIFAR-10 budget), beside "
         "lightly's and solo-learn's published CIFAR-10 figures.",
@@ -66,9 +66,9 @@ def get_config(arg=None):
             "200 epochs at batch 512 (lightly's CIFAR-10 budget)", "1000 epochs at batch 256 (solo-learn's budget)")
         sweep.grids = [dict(method=METHODS, epochs=[1000], batch_size=[256])]  # solo-learn cifar/*.yaml
     elif arg == "cpu":
-        sweep_lib.shrink_for_cpu(sweep, [dict(method=METHODS, epochs=[200], batch_size=[64])],
+        sweep_cells.shrink_for_cpu(sweep, [dict(method=METHODS, epochs=[200], batch_size=[64])],
                                  steps_per_epoch=0.1,  # 200 nominal epochs = 20 steps
                                  note="20 steps at batch 64.", checkpoint_every_steps=10)
     elif arg not in (None, ""):
-        raise sweep_lib.unknown_variant(arg, "all_methods.py", ["long", "cpu"])
+        raise sweep_cells.unknown_variant(arg, "all_methods.py", ["long", "cpu"])
     return sweep

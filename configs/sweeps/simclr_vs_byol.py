@@ -21,7 +21,7 @@ evaluation on 5,000 train images) with epochs 20 and 100 at batch 64 and batches
 nominal "epoch" is half a step (10 or 50 steps), so the cells exercise run, resume and report, not the study's
 accuracies.
 """
-from ssl_jax import sweep as sweep_lib
+from ssl_jax import sweep_cells
 
 # Seed study 1's published linear top-1 (%), ResNet encoder on CIFAR-10.
 SEED_SOURCE = "seed study 1 (Univ. of Zagreb seminar)"
@@ -49,7 +49,7 @@ def published():
 
 
 def get_config(arg=None):
-    sweep = sweep_lib.base_sweep(
+    sweep = sweep_cells.base_sweep(
         "simclr_vs_byol",
         "SimCLR vs BYOL on CIFAR-10 (seed study 1): linear top-1 by epochs at batch 64 and by batch size at 100 "
         "epochs; each method's own config, ResNet-18.",
@@ -59,11 +59,11 @@ def get_config(arg=None):
                                                     # epochs would be half of a 20-epoch run); the seed gives none
         published=published())
     if arg == "cpu":
-        sweep_lib.shrink_for_cpu(sweep, [dict(method=["simclr", "byol"], epochs=[20, 100], batch_size=[64]),
+        sweep_cells.shrink_for_cpu(sweep, [dict(method=["simclr", "byol"], epochs=[20, 100], batch_size=[64]),
                                          dict(method=["simclr", "byol"], epochs=[100], batch_size=[64, 128])],
                                  steps_per_epoch=0.5,  # 20 and 100 nominal epochs = 10 and 50 steps
                                  note="a nominal epoch is half a step: the pipeline, not the study's accuracies.")
         sweep.axis_labels.epochs = "nominal epochs (:cpu: half a step each)"
     elif arg not in (None, ""):
-        raise sweep_lib.unknown_variant(arg, "simclr_vs_byol.py", ["cpu"])
+        raise sweep_cells.unknown_variant(arg, "simclr_vs_byol.py", ["cpu"])
     return sweep

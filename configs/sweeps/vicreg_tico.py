@@ -23,7 +23,7 @@ each cell adds its evaluation (kNN and a 100-epoch linear probe, twice with the 
 `:cpu`: each method's `:smoke` config (ResNet-18 width 8), 30 steps at batch 64: a few minutes on 2 CPU cores for
 run, resume and report; not the study's accuracies.
 """
-from ssl_jax import sweep as sweep_lib
+from ssl_jax import sweep_cells
 
 SEED_SOURCE = "seed study 2, ResNet-50 + Barlow Twins projector, epochs and batch not given"
 SEED_LINEAR_TOP1 = {"vicreg": 42.19, "tico": 30.47, "vicreg_tico": 37.79}  # seed study 2, linear top-1 (%)
@@ -31,7 +31,7 @@ BARLOW_PROJECTOR = ["model.projector_hidden=(2048,2048)", "model.projection_dim=
 
 
 def get_config(arg=None):
-    sweep = sweep_lib.base_sweep(
+    sweep = sweep_cells.base_sweep(
         "vicreg_tico" + (f"_{arg}" if arg else ""),
         "VICReg vs TiCo vs VICReg with TiCo's covariance term on CIFAR-10 (seed study 2), each method's own "
         "config, 100 epochs at batch 256, ResNet-18.",
@@ -45,10 +45,10 @@ def get_config(arg=None):
         sweep.description = sweep.description.replace("ResNet-18", "ResNet-50 with the Barlow Twins projector")
         sweep.overrides = ["model.name=resnet50"] + BARLOW_PROJECTOR   # seed study 2's network
     elif arg == "cpu":
-        sweep_lib.shrink_for_cpu(sweep, [dict(method=["vicreg", "tico", "vicreg_tico"], epochs=[100],
+        sweep_cells.shrink_for_cpu(sweep, [dict(method=["vicreg", "tico", "vicreg_tico"], epochs=[100],
                                               batch_size=[64])],
                                  steps_per_epoch=0.3,  # 100 nominal epochs = 30 steps
                                  note="30 steps at batch 64.")
     elif arg not in (None, ""):
-        raise sweep_lib.unknown_variant(arg, "vicreg_tico.py", ["resnet50", "cpu"])
+        raise sweep_cells.unknown_variant(arg, "vicreg_tico.py", ["resnet50", "cpu"])
     return sweep

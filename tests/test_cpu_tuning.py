@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import helpers
-from ssl_jax import runtime
+from ssl_jax import cpu_tuning
 
 
 @pytest.fixture
@@ -20,13 +20,13 @@ def clean_env(monkeypatch):
 
 
 def test_auto_adds_the_measured_flags(clean_env):
-    runtime.configure_xla_cpu("auto")
-    assert os.environ["XLA_FLAGS"].split() == list(runtime.auto_cpu_flags())
+    cpu_tuning.configure_xla_cpu("auto")
+    assert os.environ["XLA_FLAGS"].split() == list(cpu_tuning.auto_cpu_flags())
 
 
 def test_flags_the_user_set_win(clean_env):
     clean_env.setenv("XLA_FLAGS", "--xla_cpu_use_xnnpack=false --xla_cpu_experimental_ynn_fusion_type=")
-    runtime.configure_xla_cpu("auto")
+    cpu_tuning.configure_xla_cpu("auto")
     flags = os.environ["XLA_FLAGS"].split()
     assert "--xla_cpu_use_xnnpack=false" in flags and "--xla_cpu_use_xnnpack=true" not in flags
     assert "--xla_cpu_experimental_ynn_fusion_type=" in flags
@@ -35,13 +35,13 @@ def test_flags_the_user_set_win(clean_env):
 
 @pytest.mark.parametrize("setting", ["none", ""])
 def test_none_adds_nothing(clean_env, setting):
-    runtime.configure_xla_cpu(setting)
+    cpu_tuning.configure_xla_cpu(setting)
     assert os.environ.get("XLA_FLAGS", "") == ""
 
 
 def test_accelerator_only_processes_get_no_cpu_flags(clean_env):
     clean_env.setenv("JAX_PLATFORMS", "cuda")
-    runtime.configure_xla_cpu("auto")
+    cpu_tuning.configure_xla_cpu("auto")
     assert os.environ.get("XLA_FLAGS", "") == ""
 
 
@@ -49,20 +49,20 @@ def test_accelerator_only_processes_get_no_cpu_flags(clean_env):
                                                ("0.11.0", False), ("not-a-version", False), (None, True)])
 def test_ynn_flags_only_for_the_measured_jaxlib(version, with_ynn, monkeypatch):
     if version is None:  # the installed jaxlib: this test's expectation follows it
-        version = runtime._installed_version("jaxlib")
-        first, last = runtime.YNN_MEASURED_JAXLIB
+        version = cpu_tuning._installed_version("jaxlib")
+        first, last = cpu_tuning.YNN_MEASURED_JAXLIB
         with_ynn = first <= tuple(int(p) for p in version.split(".")[:2]) < last
-    flags = runtime.auto_cpu_flags(version)
-    assert flags[:len(runtime.CPU_XLA_FLAGS)] == runtime.CPU_XLA_FLAGS
-    assert (runtime.YNN_XLA_FLAGS[0] in flags) == with_ynn
+    flags = cpu_tuning.auto_cpu_flags(version)
+    assert flags[:len(cpu_tuning.CPU_XLA_FLAGS)] == cpu_tuning.CPU_XLA_FLAGS
+    assert (cpu_tuning.YNN_XLA_FLAGS[0] in flags) == with_ynn
 
 
 def test_cpu_allocator_settings():
-    assert runtime.configure_cpu_allocator("default") is False
+    assert cpu_tuning.configure_cpu_allocator("default") is False
     with pytest.raises(ValueError, match="'mmap'.*'auto'"):
-        runtime.configure_cpu_allocator("mmap")
+        cpu_tuning.configure_cpu_allocator("mmap")
     glibc = sys.platform.startswith("linux") and ctypes.util.find_library("c") is not None
-    assert runtime.configure_cpu_allocator("auto") is glibc  # the test process runs on the CPU backend
+    assert cpu_tuning.configure_cpu_allocator("auto") is glibc  # the test process runs on the CPU backend
 
 
 _GRADIENTS = """
@@ -112,7 +112,7 @@ def test_auto_flags_leave_the_gradients_alone(tmp_path):
     run, by luck of where it falls). So the comparison is over all gradients together, with a loose bound per
     gradient; a wrong kernel or fusion errs by O(1)."""
     plain = _gradients(tmp_path, "plain", "")
-    tuned = _gradients(tmp_path, "tuned", " ".join(runtime.auto_cpu_flags()))
+    tuned = _gradients(tmp_path, "tuned", " ".join(cpu_tuning.auto_cpu_flags()))
     exact = _gradients(tmp_path, "float64", "", float64=True)
     assert plain.keys() == tuned.keys() == exact.keys() and len(plain) > 60
     np.testing.assert_allclose(tuned["loss"], exact["loss"], rtol=1e-5)
