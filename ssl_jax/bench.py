@@ -89,27 +89,27 @@ def bench_step(exp, steps, warmup, ready_views=False):
     """Compiles and times the full train step (with `ready_views`, the step without its augmentation, on views
     made beforehand); returns the step-specific fields."""
     import jax
-    from ssl_jax import data, flops, train
+    from ssl_jax import batches, flops, train
 
     state = exp.dp.put_state(train.initial_state(exp))
     step_fn = train.make_step_fn(exp, ready_views=ready_views)
-    batches = [exp.dp.put_batch(data.host_batch(exp.dataset.train, i, exp.config.batch_size, 0)) for i in range(2)]
+    placed = [exp.dp.put_batch(batches.host_batch(exp.dataset.train, i, exp.config.batch_size, 0)) for i in range(2)]
     if ready_views:
         make_views = _mapped_augmentation(exp)
-        batches = [{"views": make_views(b), "label": b["label"]} for b in batches]
-        jax.block_until_ready(batches)
-    model_flops = flops.count_flops(step_fn, state, batches[0]).total
+        placed = [{"views": make_views(b), "label": b["label"]} for b in placed]
+        jax.block_until_ready(placed)
+    model_flops = flops.count_flops(step_fn, state, placed[0]).total
     start = time.perf_counter()
-    compiled = step_fn.lower(state, batches[0]).compile() if hasattr(step_fn, "lower") else None
+    compiled = step_fn.lower(state, placed[0]).compile() if hasattr(step_fn, "lower") else None
     if compiled is None:  # pmap: compile by running once
-        state, _ = step_fn(state, batches[0])
+        state, _ = step_fn(state, placed[0])
         jax.block_until_ready(state)
         compiled = step_fn
     compile_s = time.perf_counter() - start
     holder = {"state": state, "i": 0}
 
     def one_step():
-        holder["state"], metrics = compiled(holder["state"], batches[holder["i"] % 2])
+        holder["state"], metrics = compiled(holder["state"], placed[holder["i"] % 2])
         holder["i"] += 1
         jax.block_until_ready(metrics)
 
@@ -130,10 +130,10 @@ def _mapped_augmentation(exp):
 
 def bench_augment(exp, steps, warmup):
     import jax
-    from ssl_jax import data, flops
+    from ssl_jax import batches, flops
 
     fn = _mapped_augmentation(exp)
-    batch = exp.dp.put_batch(data.host_batch(exp.dataset.train, 0, exp.config.batch_size, 0))
+    batch = exp.dp.put_batch(batches.host_batch(exp.dataset.train, 0, exp.config.batch_size, 0))
     model_flops = flops.count_flops(fn, batch).total
     start = time.perf_counter()
     jax.block_until_ready(fn(batch))
@@ -144,12 +144,12 @@ def bench_augment(exp, steps, warmup):
 
 def bench_input(exp, steps, warmup):
     import jax
-    from ssl_jax import data
+    from ssl_jax import batches
 
     counter = iter(range(10**9))
 
     def one_batch():
-        host = data.host_batch(exp.dataset.train, next(counter), exp.config.batch_size, 0)
+        host = batches.host_batch(exp.dataset.train, next(counter), exp.config.batch_size, 0)
         jax.block_until_ready(exp.dp.put_batch(host))
 
     return dict(compile_s=0.0, times=time_calls(one_batch, steps, warmup), flops=None, xla_flops=None)

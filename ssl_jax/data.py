@@ -1,6 +1,6 @@
-"""Host-side CIFAR-10/100 data: load into uint8 arrays, cache, and cut deterministic batches.
+"""Host-side CIFAR-10/100 data: a labelled data set loaded into uint8 arrays in memory, from whichever source has it.
 
-Numpy only: putting batches on devices happens elsewhere. Sources, in order: a user path (the official
+Numpy only: which examples each step trains on is `batches.py`, putting them on devices `sharding.py`. Sources, in order: a user path (the official
 python archive or an image-folder tree/tarball), prepared TFDS data, a download of the official archive.
 """
 from __future__ import annotations
@@ -519,52 +519,3 @@ def _fetch(url, out):
                 shown = step
                 print(f"  {done / 1e6:.0f} MB" + (f" ({100 * done // total}%)" if total else ""), flush=True)
     return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Batching.
-
-
-def steps_per_epoch(num_examples, global_batch_size) -> int:
-    """Full batches per epoch (the remainder is dropped)."""
-    if global_batch_size <= 0:
-        raise DataError(f"global_batch_size must be positive, got {global_batch_size}")
-    return num_examples // global_batch_size
-
-
-@functools.lru_cache(maxsize=4)
-def _permutation(num_examples, seed, epoch):
-    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    perm.flags.writeable = False
-    return perm
-
-
-def batch_indices(num_examples, global_batch_size, seed, step) -> np.ndarray:
-    """Example indices of global batch `step`: a fresh seeded permutation per epoch, remainder dropped."""
-    per_epoch = steps_per_epoch(num_examples, global_batch_size)
-    if per_epoch == 0:
-        raise DataError(f"global_batch_size {global_batch_size} is bigger than the split ({num_examples} "
-                        "examples); use a smaller batch size")
-    if step < 0 or seed < 0:
-        raise ValueError(f"step and seed must be >= 0, got step={step}, seed={seed}")
-    epoch, i = divmod(int(step), per_epoch)
-    perm = _permutation(int(num_examples), int(seed), epoch)
-    return perm[i * global_batch_size:(i + 1) * global_batch_size].astype(np.int64)
-
-
-def host_batch(split, step, global_batch_size, seed, process_index=0, process_count=1) -> dict:
-    """This process's slice of global batch `step`: 'image', 'label', and 'global_index', each example's position
-    in the global batch (its augmentation keys derive from it, so the device count does not change them)."""
-    if global_batch_size % process_count:
-        raise DataError(f"global_batch_size {global_batch_size} is not divisible by the {process_count} "
-                        "processes; pick a multiple of the process count")
-    if not 0 <= process_index < process_count:
-        raise DataError(f"process_index {process_index} is outside 0..{process_count - 1}")
-    local = global_batch_size // process_count
-    start = process_index * local
-    idx = batch_indices(len(split.labels), global_batch_size, seed, step)[start:start + local]
-    return {
-        "image": split.images[idx],
-        "label": split.labels[idx],
-        "global_index": np.arange(start, start + local, dtype=np.int32),
-    }

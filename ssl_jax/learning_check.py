@@ -145,10 +145,10 @@ def train_logged(exp, state, step_fn, log_every=20, print_fn=print):
     initial_rank = probe(state)["feature_rank"]
     print_fn(f"  step 0: feature_rank {initial_rank:.4g}")
     losses = []
-    batches = sharding.prefetch(train.host_batches(exp, 0), exp.dp.put_batch, 2)
+    device_batches = sharding.prefetch(train.host_batches(exp, 0), exp.dp.put_batch, 2)
     start = time.perf_counter()
     for step in range(1, exp.total_steps + 1):
-        state, metrics = step_fn(state, next(batches))
+        state, metrics = step_fn(state, next(device_batches))
         if step % log_every == 0 or step == exp.total_steps:
             scalars = {k: float(v) for k, v in exp.dp.get_metrics(metrics).items()}
             scalars.update(probe(state))

@@ -1,4 +1,5 @@
-"""Data parallelism: one per-device SPMD step over the named axis 'batch', mapped by `jax.shard_map` or `jax.pmap`.
+"""Devices and processes: multi-host start-up, the mesh and the mapped per-device step (`shard_map` or `pmap` over
+the named axis 'batch'), placing state and batches on the devices and copying them back to the host.
 
 The step function is written once, per device: it sees its slice of the global batch and the full (replicated)
 train state, and talks to the other devices only through collectives over `AXIS` (gradient `pmean`,

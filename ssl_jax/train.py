@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from ssl_jax import augment
+from ssl_jax import batches
 from ssl_jax import checkpoint
 from ssl_jax import data
 from ssl_jax import evaluate
@@ -86,7 +87,7 @@ def build_experiment(config, dataset=None):
         dataset = data.load_dataset(config.data.name, path=config.data.path or None,
                                     cache_dir=config.data.cache_dir or None,
                                     tfds_data_dir=config.data.tfds_data_dir or None, download=config.data.download)
-    steps_per_epoch = data.steps_per_epoch(len(dataset.train.labels), config.batch_size)
+    steps_per_epoch = batches.steps_per_epoch(len(dataset.train.labels), config.batch_size)
     total_steps = train_step.steps_for(config.num_epochs, config.num_train_steps, steps_per_epoch)
     net = models.make_ssl_net(config.model, compute_dtype(config.model.dtype), bn_axis_name=sharding.AXIS,
                               conv_impl=conv_impl(config.model.conv_impl))
@@ -125,8 +126,8 @@ def make_step_fn(exp, ready_views=False):
 def host_batches(exp, start_step, end_step=None):
     """This process's share of each global batch from `start_step` on; the order depends on seed and step only."""
     for step in range(start_step, exp.total_steps if end_step is None else end_step):
-        yield data.host_batch(exp.dataset.train, step, exp.config.batch_size, exp.config.seed,
-                              jax.process_index(), jax.process_count())
+        yield batches.host_batch(exp.dataset.train, step, exp.config.batch_size, exp.config.seed,
+                                 jax.process_index(), jax.process_count())
 
 
 def make_encode_fn(net, params, batch_stats):
@@ -293,7 +294,7 @@ def train(exp, workdir, stop_after_steps=None):
     step_fn = make_step_fn(exp)
     logger = metrics_log.MetricLogger(workdir, exp.total_steps, exp.steps_per_epoch, config.batch_size,
                                       active=jax.process_index() == 0)
-    batches = sharding.prefetch(host_batches(exp, start_step), exp.dp.put_batch, config.data.prefetch)
+    device_batches = sharding.prefetch(host_batches(exp, start_step), exp.dp.put_batch, config.data.prefetch)
     log(f"Training {config.method} ({config.model.name}, width {config.model.width}) for {exp.total_steps} steps "
         f"({exp.steps_per_epoch} per epoch) on {exp.dp.num_devices} {jax.default_backend()} device(s), "
         f"global batch {config.batch_size}, mode {exp.dp.mode}; workdir {workdir}")
@@ -310,7 +311,7 @@ def train(exp, workdir, stop_after_steps=None):
 
     with preemption.PreemptionNotice() as notice:
         for step in range(start_step + 1, last_step + 1):
-            state, metrics = step_fn(state, next(batches))
+            state, metrics = step_fn(state, next(device_batches))
             metrics = exp.dp.get_metrics(metrics)
             jax.tree.map(lambda x: x.copy_to_host_async(), metrics)
             pending.append(metrics)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ssl_jax import batches
 from ssl_jax import data
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -332,15 +333,15 @@ def test_download_network_error(tmp_path, monkeypatch):
 
 
 def test_steps_per_epoch_drops_remainder():
-    assert data.steps_per_epoch(10, 3) == 3
-    assert data.steps_per_epoch(9, 3) == 3
+    assert batches.steps_per_epoch(10, 3) == 3
+    assert batches.steps_per_epoch(9, 3) == 3
     with pytest.raises(data.DataError):
-        data.steps_per_epoch(10, 0)
+        batches.steps_per_epoch(10, 0)
 
 
 def test_batch_indices_per_epoch_permutation():
     n, b, spe = 23, 5, 4
-    epochs = [np.concatenate([data.batch_indices(n, b, seed=7, step=e * spe + i) for i in range(spe)])
+    epochs = [np.concatenate([batches.batch_indices(n, b, seed=7, step=e * spe + i) for i in range(spe)])
               for e in range(3)]
     for e in epochs:
         assert e.dtype == np.int64 and e.shape == (spe * b,)
@@ -350,12 +351,12 @@ def test_batch_indices_per_epoch_permutation():
 
 
 def test_batch_indices_deterministic_and_resumable():
-    a = [data.batch_indices(100, 8, seed=3, step=s) for s in range(30)]
-    data._permutation.cache_clear()
-    b = [data.batch_indices(100, 8, seed=3, step=s) for s in reversed(range(30))][::-1]
+    a = [batches.batch_indices(100, 8, seed=3, step=s) for s in range(30)]
+    batches._permutation.cache_clear()
+    b = [batches.batch_indices(100, 8, seed=3, step=s) for s in reversed(range(30))][::-1]
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
-    assert not np.array_equal(data.batch_indices(100, 8, seed=4, step=0), a[0])
+    assert not np.array_equal(batches.batch_indices(100, 8, seed=4, step=0), a[0])
 
 
 def _split(n=40):
@@ -365,21 +366,21 @@ def _split(n=40):
 def test_host_batch_two_processes_equal_one():
     split = _split()
     for step in (0, 3, 11):
-        whole = data.host_batch(split, step, 8, seed=1)
-        parts = [data.host_batch(split, step, 8, seed=1, process_index=p, process_count=2) for p in range(2)]
+        whole = batches.host_batch(split, step, 8, seed=1)
+        parts = [batches.host_batch(split, step, 8, seed=1, process_index=p, process_count=2) for p in range(2)]
         for key in ("image", "label", "global_index"):
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
         np.testing.assert_array_equal(whole["global_index"], np.arange(8))
         np.testing.assert_array_equal(parts[1]["global_index"], np.arange(4, 8))
         assert whole["image"].dtype == np.uint8 and whole["label"].dtype == np.int32
         assert whole["global_index"].dtype == np.int32 and whole["image"].shape == (8, 32, 32, 3)
-        idx = data.batch_indices(40, 8, 1, step)
+        idx = batches.batch_indices(40, 8, 1, step)
         np.testing.assert_array_equal(whole["label"], split.labels[idx])
 
 
 def test_host_batch_errors():
     split = _split()
     with pytest.raises(data.DataError, match="not divisible"):
-        data.host_batch(split, 0, 9, seed=0, process_count=2)
+        batches.host_batch(split, 0, 9, seed=0, process_count=2)
     with pytest.raises(data.DataError, match="bigger than the split"):
-        data.host_batch(split, 0, 64, seed=0)
+        batches.host_batch(split, 0, 64, seed=0)
