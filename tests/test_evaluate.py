@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import evaluate as ev
+from ssl_jax import linear_probe
 
 
 # ----------------------------------------------------------------------------- references
@@ -103,7 +104,7 @@ def test_linear_eval_separable_blobs():
     x_tr, y_tr, centers = _blobs(rng, 1000, 5, 16, sep=3.0)
     x_te, y_te, _ = _blobs(rng, 500, 5, 16, centers=centers)
     logs = []
-    res = ev.linear_eval(x_tr, y_tr, x_te, y_te, 5, epochs=20, log_fn=logs.append)
+    res = linear_probe.linear_eval(x_tr, y_tr, x_te, y_te, 5, epochs=20, log_fn=logs.append)
     assert set(res) == {"linear_top1", "linear_top5", "linear_train_top1"}
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in res.values())
     assert res["linear_top1"] > 0.95 and res["linear_train_top1"] > 0.95
@@ -118,12 +119,12 @@ def test_linear_eval_random_labels_is_chance_and_deterministic():
     x_te = rng.standard_normal((1000, 32)).astype(np.float32) * 7.0 + 3.0
     y_tr, y_te = rng.integers(0, 10, 1000), rng.integers(0, 10, 1000)
     kw = dict(epochs=10, batch_size=128, seed=3)
-    res = ev.linear_eval(x_tr, y_tr, x_te, y_te, 10, **kw)
+    res = linear_probe.linear_eval(x_tr, y_tr, x_te, y_te, 10, **kw)
     assert abs(res["linear_top1"] - 0.1) < 0.05
     assert abs(res["linear_top5"] - 0.5) < 0.08
     assert res["linear_top5"] >= res["linear_top1"]
     assert res["linear_train_top1"] > res["linear_top1"]           # fits noise, not test
-    assert ev.linear_eval(x_tr, y_tr, x_te, y_te, 10, **kw) == res  # same seed, same result
+    assert linear_probe.linear_eval(x_tr, y_tr, x_te, y_te, 10, **kw) == res  # same seed, same result
 
 
 def test_linear_eval_few_classes_small_train_no_standardize():
@@ -132,7 +133,7 @@ def test_linear_eval_few_classes_small_train_no_standardize():
     x_te, y_te, _ = _blobs(rng, 200, 3, 4, centers=centers)
     assert ev.knn_accuracy(x_tr, y_tr, x_te, y_te, 3, k=5) > 0.95  # data is separable
     # batch_size > train size is clipped (one step per epoch), not zero steps.
-    res = ev.linear_eval(x_tr, y_tr, x_te, y_te, 3, epochs=50, batch_size=256,
+    res = linear_probe.linear_eval(x_tr, y_tr, x_te, y_te, 3, epochs=50, batch_size=256,
                          learning_rate=1e-2, weight_decay=1e-4, standardize=False)
     assert res["linear_top5"] == 1.0                                # min(5, C) = 3
     assert res["linear_top1"] > 0.9 and res["linear_train_top1"] > 0.9
