@@ -15,10 +15,16 @@ colour jitter (random order) -> grayscale -> Gaussian blur -> solarize.
 
 A `ViewConfig` is static (hashable, read as Python numbers at trace time);
 pass it as a static argument when jitting.
+
+Multi-crop (SwAV, DINO): `multi_crop` draws several groups of crops per image, each a
+`CropGroup` (a count and a ViewConfig, e.g. 2 global 224-pixel crops + 10 local 96-pixel
+crops). Crops are numbered across the groups in order and crop c uses the keys of view c,
+so the groups ((1, view1), (1, view2)) are exactly `two_views(..., view1, view2)`.
 """
 import dataclasses
 import functools
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -61,8 +67,10 @@ class ViewConfig:
             object.__setattr__(self, name, (lo, hi))
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must lie in (0, 1], got {self.crop_scale}")
-        if self.crop_ratio[0] <= 0 or int(self.crop_size) <= 0:
-            raise ValueError("crop_ratio and crop_size must be positive")
+        if self.crop_ratio[0] <= 0:
+            raise ValueError(f"crop_ratio must be positive, got {self.crop_ratio}")
+        if int(self.crop_size) <= 0:
+            raise ValueError(f"crop_size must be a positive number of pixels, got {self.crop_size}")
         for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
@@ -343,3 +351,106 @@ def two_views(step_key, images, global_indices, cfg1: ViewConfig, cfg2: ViewConf
 def normalize(images, mean=CIFAR_MEAN, std=CIFAR_STD):
     """Standardises float [0, 1] images per channel (CIFAR-10 statistics by default)."""
     return (images - jnp.asarray(mean, images.dtype)) / jnp.asarray(std, images.dtype)
+
+
+# ----------------------------------------------------------------------------- multi-crop
+
+
+@dataclasses.dataclass(frozen=True)
+class CropGroup:
+    """`count` crops of one kind: each is a view with `view`'s settings (crop_size, crop_scale, colour ops).
+
+    E.g. DINO at ImageNet scale: CropGroup(2, ViewConfig(crop_size=224, crop_scale=(0.4, 1.0), ...)) and
+    CropGroup(10, ViewConfig(crop_size=96, crop_scale=(0.05, 0.4), ...)). Hashable: a tuple of groups is a
+    valid static argument under jit.
+    """
+
+    count: int
+    view: ViewConfig = ViewConfig()
+
+    def __post_init__(self):
+        if isinstance(self.count, bool) or not isinstance(self.count, numbers.Integral) or self.count < 1:
+            raise ValueError(f"CropGroup count must be an integer >= 1 (crops per image), got {self.count!r}")
+        object.__setattr__(self, "count", int(self.count))
+        if not isinstance(self.view, ViewConfig):
+            raise TypeError(f"CropGroup view must be an augment.ViewConfig, got {type(self.view).__name__}")
+        size = self.view.crop_size
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size <= 0:
+            raise ValueError(f"CropGroup crop_size must be a positive integer (pixels), got {size!r}")
+
+    @property
+    def crop_size(self) -> int:
+        return int(self.view.crop_size)
+
+
+def crop_group_from_dict(d) -> CropGroup:
+    """CropGroup from a dict or ConfigDict: a view dict (the keys of `config_lib.view_config`) plus `count`."""
+    d = d.to_dict() if hasattr(d, "to_dict") else dict(d)
+    if "count" not in d:
+        raise ValueError(f"Crop group {sorted(d)} has no 'count' key (how many crops of this kind per image)")
+    count = d.pop("count")
+    return CropGroup(count, view_config_from_dict(d))
+
+
+def crop_groups(groups) -> tuple:
+    """Validated tuple of CropGroups (hashable: usable as a static jit argument).
+
+    Each entry may be a CropGroup, a ViewConfig (one crop: a list of per-crop ViewConfigs is a list of
+    count-1 groups), a (count, ViewConfig) pair, or a dict/ConfigDict for `crop_group_from_dict`.
+    """
+    if isinstance(groups, (CropGroup, ViewConfig)) or hasattr(groups, "keys"):
+        groups = (groups,)
+    out = []
+    for g in groups:
+        if isinstance(g, CropGroup):
+            out.append(g)
+        elif isinstance(g, ViewConfig):
+            out.append(CropGroup(1, g))
+        elif hasattr(g, "keys"):
+            out.append(crop_group_from_dict(g))
+        elif isinstance(g, (tuple, list)) and len(g) == 2:
+            out.append(CropGroup(*g))
+        else:
+            raise TypeError(f"A crop group must be a CropGroup, ViewConfig, (count, ViewConfig) or dict, got {g!r}")
+    if not out:
+        raise ValueError("multi-crop needs at least one crop group, got an empty list")
+    return tuple(out)
+
+
+def num_crops(groups) -> int:
+    """Total number of crops per image over all groups."""
+    return sum(g.count for g in crop_groups(groups))
+
+
+def group_keys(step_key, global_indices, first_view: int, count: int):
+    """Keys [count, B] of views first_view .. first_view + count - 1: row j is example_keys(..., first_view + j)."""
+    views = jnp.arange(first_view, first_view + count, dtype=jnp.uint32)
+    return jax.vmap(lambda v: example_keys(step_key, global_indices, v))(views)
+
+
+def multi_crop(step_key, images, global_indices, groups):
+    """Multi-crop views of a batch: one float32 array [count, B, size, size, 3] in [0, 1] per group (not normalised).
+
+    images: uint8 (or float in [0, 1]) [B, H, W, 3]; global_indices [B]: each example's index in the global batch.
+    Crops are numbered across the groups in order (0, 1, 2, ...) and crop c of example i is
+    augment_image(example_keys(step_key, global_indices, c)[i], images[i], its group's view), so each crop
+    depends only on the step key, the crop number and the example's global index, never on how the batch is
+    split over devices. Vectorised over examples and over the crops of a group; groups is static under jit
+    (pass a tuple, e.g. `crop_groups(...)`).
+    """
+    groups = crop_groups(groups)
+    global_indices = jnp.asarray(global_indices)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"multi_crop wants images [B, H, W, 3], got shape {tuple(images.shape)}")
+    if global_indices.shape != images.shape[:1]:
+        raise ValueError(f"multi_crop needs one global index per image: {tuple(global_indices.shape)} indices "
+                         f"for {images.shape[0]} images")
+    out, first = [], 0
+    for g in groups:
+        keys = group_keys(step_key, global_indices, first, g.count)
+        if g.count == 1:  # no crop axis to map: the very computation of augment_batch (two_views bit for bit)
+            out.append(augment_batch(keys[0], images, g.view)[None])
+        else:
+            out.append(jax.vmap(augment_batch, in_axes=(0, None, None))(keys, images, g.view))
+        first += g.count
+    return tuple(out)

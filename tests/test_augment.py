@@ -298,3 +298,146 @@ def test_example_keys_depend_only_on_global_index():
     assert len({tuple(k) for k in np.asarray(full)}) == 8
     other_view = jax.random.key_data(A.example_keys(step_key, jnp.arange(8), 1))
     assert not (other_view == full).all(axis=-1).any()
+
+
+# ----------------------------------------------------------------------------- multi-crop
+
+multi_crop = jax.jit(A.multi_crop, static_argnames="groups")
+LOCAL_16 = A.ViewConfig(crop_size=16, crop_scale=(0.05, 0.4))
+MULTI = (A.CropGroup(2, A.ViewConfig()), A.CropGroup(4, LOCAL_16))  # 2 x 32 global + 4 x 16 local
+
+
+def test_crop_group_from_dict_and_validation():
+    import ml_collections
+
+    from ssl_jax import config_lib
+
+    view = config_lib.view_config(crop_size=16)
+    group = A.crop_group_from_dict(dict(view.to_dict(), count=6))
+    assert group == A.CropGroup(6, A.view_config_from_dict(view)) and group.crop_size == 16
+    hash(group)
+    assert A.crop_group_from_dict(ml_collections.ConfigDict(dict(view.to_dict(), count=6))) == group
+    v1, v2 = A.ViewConfig(), BYOL_2
+    assert A.crop_groups([v1, v2]) == (A.CropGroup(1, v1), A.CropGroup(1, v2))  # per-crop views
+    assert A.crop_groups([(2, v1), {"count": 3, "crop_size": 16}]) == (A.CropGroup(2, v1),
+                                                                        A.CropGroup(3, A.ViewConfig(crop_size=16)))
+    assert A.num_crops(MULTI) == 6
+    with pytest.raises(ValueError, match="count must be an integer >= 1.*got 0"):
+        A.CropGroup(0, v1)
+    with pytest.raises(ValueError, match="count must be an integer >= 1"):
+        A.crop_group_from_dict({"count": 1.5})
+    with pytest.raises(ValueError, match="no 'count' key"):
+        A.crop_group_from_dict(view)
+    with pytest.raises(ValueError, match="Unknown ViewConfig key 'size'"):
+        A.crop_group_from_dict({"count": 2, "size": 96})
+    with pytest.raises(ValueError, match="crop_size must be a positive"):
+        A.crop_group_from_dict({"count": 2, "crop_size": 0})
+    with pytest.raises(ValueError, match="crop_size must be a positive integer.*16.5"):
+        A.CropGroup(2, A.ViewConfig(crop_size=16.5))
+    with pytest.raises(ValueError, match="at least one crop group"):
+        A.crop_groups([])
+    with pytest.raises(TypeError, match="crop group must be"):
+        A.crop_groups(["global"])
+
+
+def test_multi_crop_with_two_single_groups_is_two_views_bit_for_bit():
+    imgs, idx, step_key = _images(), jnp.arange(8), jax.random.key(3)
+    v1, v2 = two_views(step_key, imgs, idx, A.ViewConfig(), BYOL_2)
+    for groups in ((A.CropGroup(1, A.ViewConfig()), A.CropGroup(1, BYOL_2)),
+                   A.crop_groups([A.ViewConfig(), BYOL_2])):
+        c1, c2 = multi_crop(step_key, imgs, idx, groups=groups)
+        chex.assert_shape([c1, c2], (1, 8, 32, 32, 3))
+        np.testing.assert_array_equal(c1[0], v1)
+        np.testing.assert_array_equal(c2[0], v2)
+
+
+def test_multi_crop_shapes_dtype_numbering_and_distinct_crops():
+    imgs, idx, step_key = _images(), jnp.arange(8), jax.random.key(3)
+    glob, local = (np.asarray(v) for v in multi_crop(step_key, imgs, idx, groups=MULTI))
+    chex.assert_shape(glob, (2, 8, 32, 32, 3))
+    chex.assert_shape(local, (4, 8, 16, 16, 3))
+    for crops in (glob, local):
+        chex.assert_type(crops, np.float32)
+        assert crops.min() >= 0.0 and crops.max() <= 1.0
+        for a in range(len(crops)):  # every pair of crops of one example differs
+            for b in range(a):
+                assert all(not np.allclose(x, y, atol=1e-3) for x, y in zip(crops[a], crops[b]))
+    # Crops are numbered across groups: global crops are views 0, 1; local crop j is view 2 + j.
+    np.testing.assert_allclose(glob[1], aug_batch(A.example_keys(step_key, idx, 1), imgs, A.ViewConfig()),
+                               atol=2e-6)
+    np.testing.assert_allclose(local[3], aug_batch(A.example_keys(step_key, idx, 5), imgs, LOCAL_16), atol=2e-6)
+
+
+def test_multi_crop_does_not_depend_on_the_device_split():
+    """Each example's crops depend only on the step key and its global index: the whole batch, its halves and
+    quarters (with their global indices), and shard_map over the 8 devices give the same crops. Up to float
+    rounding (XLA fuses differently per shape); the random boxes and gates are identical."""
+    imgs, idx, step_key = _images(), jnp.arange(8), jax.random.key(11)
+    full = multi_crop(step_key, imgs, idx, groups=MULTI)
+    for parts in (2, 4):
+        n = 8 // parts
+        split = [multi_crop(step_key, imgs[i * n:(i + 1) * n], idx[i * n:(i + 1) * n], groups=MULTI)
+                 for i in range(parts)]
+        for g, crops in enumerate(full):
+            np.testing.assert_allclose(np.concatenate([s[g] for s in split], axis=1), crops, atol=2e-6)
+    # A shuffled, non-contiguous share: examples 6 and 1 alone.
+    some = multi_crop(step_key, imgs[np.array([6, 1])], idx[np.array([6, 1])], groups=MULTI)
+    for g, crops in enumerate(full):
+        np.testing.assert_allclose(some[g], np.asarray(crops)[:, [6, 1]], atol=2e-6)
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    per_device = lambda k, x, i: A.multi_crop(jax.random.wrap_key_data(k), x, i, MULTI)
+    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("batch"), P("batch")),
+                                    out_specs=(P(None, "batch"),) * len(MULTI)))
+    assert len(jax.devices()) == 8
+    for got, crops in zip(sharded(jax.random.key_data(step_key), imgs, idx), full):
+        np.testing.assert_allclose(got, crops, atol=2e-6)
+
+
+def test_crop_boxes_follow_each_groups_scale_range():
+    """On an image whose red channel is 8 x column and green 8 x row, an upsampled crop's extreme values are its
+    box's first and last column/row exactly, so the boxes can be read back from the crops: each group's area
+    fractions lie in its own crop_scale range, and the boxes are sample_crop_box's for the crop's key."""
+    y, x = np.mgrid[:H, :W]
+    gradient = np.stack([8 * x, 8 * y, np.full_like(x, 128)], -1).astype(np.uint8)
+    n = 16
+    imgs, idx, step_key = np.repeat(gradient[None], n, 0), jnp.arange(100, 100 + n), jax.random.key(5)
+    plain = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+    glob = A.ViewConfig(crop_size=32, crop_scale=(0.5, 1.0), **plain)  # sides <= 32: never downsampled
+    local = A.ViewConfig(crop_size=24, crop_scale=(0.05, 0.3), **plain)  # area <= 307 -> sides <= 20 < 24
+    groups = (A.CropGroup(2, glob), A.CropGroup(6, local))
+    first_view = 0
+    for group, crops in zip(groups, multi_crop(step_key, imgs, idx, groups=groups)):
+        level = np.rint(np.asarray(crops) * 255 / 8).astype(int)  # [count, n, S, S, 3] -> pixel coordinates
+        x0, y0 = level[..., 0].min(axis=(2, 3)), level[..., 1].min(axis=(2, 3))
+        w, h = level[..., 0].max(axis=(2, 3)) - x0 + 1, level[..., 1].max(axis=(2, 3)) - y0 + 1
+        frac = h * w / (H * W)
+        lo, hi = group.view.crop_scale
+        assert lo - 0.02 <= frac.min() and frac.max() <= hi + 0.02  # integer rounding of the sides
+        assert frac.min() < lo + 0.3 * (hi - lo) and frac.max() > hi - 0.3 * (hi - lo)  # the whole range is used
+        for c in range(group.count):
+            keys = A.example_keys(step_key, idx, first_view + c)
+            u = jax.vmap(lambda k: jax.random.uniform(k, (A._NUM_UNIFORMS,))[:A._CROP_U].reshape(2, -1))(keys)
+            want = jax.vmap(lambda u: A.sample_crop_box(u, H, W, group.view.crop_scale, group.view.crop_ratio))(u)
+            np.testing.assert_array_equal(np.stack([y0[c], x0[c], h[c], w[c]]), np.stack(want))
+        first_view += group.count
+
+
+def test_multi_crop_jits_with_static_groups_and_checks_its_inputs():
+    traces = []
+
+    def crops(step_key, images, global_indices, groups):
+        traces.append(groups)
+        return A.multi_crop(step_key, images, global_indices, groups)
+
+    jitted = jax.jit(crops, static_argnames="groups")
+    imgs, idx, step_key = _images(4), jnp.arange(4), jax.random.key(0)
+    small = (A.CropGroup(1, A.ViewConfig(crop_size=8)), A.CropGroup(2, A.ViewConfig(crop_size=4)))
+    first = jitted(step_key, imgs, idx, groups=small)
+    equal = (A.CropGroup(1, A.ViewConfig(crop_size=8)), A.CropGroup(2, A.ViewConfig(crop_size=4)))
+    again = jitted(jax.random.key(1), imgs, idx, groups=equal)  # equal static groups: no retrace
+    assert len(traces) == 1 and [a.shape for a in again] == [(1, 4, 8, 8, 3), (2, 4, 4, 4, 3)]
+    assert not np.allclose(first[1], again[1])  # the step key is a traced argument
+    with pytest.raises(ValueError, match="one global index per image"):
+        jitted(step_key, imgs, jnp.arange(3), groups=small)
+    with pytest.raises(ValueError, match="at least one crop group"):
+        jitted(step_key, imgs, idx, groups=())
