@@ -8,7 +8,8 @@ or ``jax.pmap``) pass ``axis_name``; the per-device values ``L_d`` then satisfy
 ``mean_d L_d == L_global``, either because the loss is computed from the
 gathered global batch and is identical on every device (VICReg, Barlow Twins,
 TiCo, VICReg-TiCo) or because it is the mean over the device's local anchors
-against gathered keys (NT-Xent, MoCo v3, BYOL, SimSiam). ``lax.all_gather``
+against gathered keys (NT-Xent, MoCo v3, BYOL, SimSiam) or local examples
+(DINO, whose running centre is ``pmean``'d). ``lax.all_gather``
 transposes to ``psum_scatter``, so the gradient of ``L_d`` w.r.t. local rows is
 ``sum_d' dL_d'/dz_local``: averaged over devices it is the global gradient.
 Under ``jax.pmap`` or ``shard_map(check_vma=False)`` take ``pmean(grad(L_d))``;
@@ -260,3 +261,89 @@ def barlow_twins_loss(z1, z2, lambd=0.0051, eps=1e-5, axis_name=None):
     on_diag = jnp.sum(jnp.square(1.0 - jnp.diagonal(c)))
     off_diag = _off_diagonal_sq_sum(c)
     return on_diag + lambd * off_diag, {"on_diag": on_diag, "off_diag": off_diag}
+
+
+def dino_initial_center(dim):
+    """The centre DINO starts from: zeros, shape (dim,), float32 (official ``DINOLoss``: zeros(1, out_dim))."""
+    return jnp.zeros((dim,), jnp.float32)
+
+
+def dino_teacher_temperature(step, warmup_steps, warmup_temperature=0.04, final_temperature=0.07):
+    """DINO's teacher temperature: linear from ``warmup_temperature`` at step 0 to ``final_temperature`` at
+    ``warmup_steps``, then constant; float32 scalar, ``step`` (and ``warmup_steps``) may be traced.
+
+    Official main_dino.py: ``warmup_teacher_temp=0.04``, ``teacher_temp=0.04`` (0.07 for the longer/larger
+    runs; "above 0.07 is unstable"), ``warmup_teacher_temp_epochs=30``, per epoch as
+    ``np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)`` and then ``teacher_temp``.
+    Here it is per step (pass an epoch index to get the per-epoch schedule), and the final value is reached at
+    ``step == warmup_steps`` rather than at ``warmup - 1`` as linspace's last point. ``warmup_steps <= 0``
+    gives the final value from step 0; a negative step counts as step 0.
+    """
+    step = _f32(step)
+    warmup = _f32(warmup_steps)
+    frac = jnp.where(warmup > 0, jnp.clip(step / jnp.maximum(warmup, 1.0), 0.0, 1.0), 1.0)
+    return _f32(warmup_temperature) + (_f32(final_temperature) - _f32(warmup_temperature)) * frac
+
+
+def dino_loss(student_logits, teacher_logits, center, student_temperature=0.1, teacher_temperature=0.04,
+              center_momentum=0.9, axis_name=None):
+    """DINO's self-distillation cross-entropy with multi-crop (Caron et al. 2021, Sec. 3.1 and Algorithm 1).
+
+    ``student_logits`` [V, B, K]: the student head's outputs for all V crops, the teacher's crops first (the 2
+    global crops, then the local ones). ``teacher_logits`` [T, B, K]: the teacher head's outputs for the T
+    global crops (T = 2 in DINO), stop-gradient. ``center`` [K] (a [1, K] centre is accepted too).
+    ``teacher_temperature`` may be traced (see ``dino_teacher_temperature``).
+
+    With ``p_t = softmax((t_i - c) / teacher_temperature)`` and
+    ``log p_s = log_softmax(s_v / student_temperature)``,
+    ``L = mean over pairs (i, v), v != i, of mean_b -sum_k p_t[i, b, k] log p_s[v, b, k]``: T (V - 1) pairs.
+    The paper writes the sum over the pairs; the official ``DINOLoss.forward`` divides it by their number (and
+    skips the pairs where "student and teacher operate on the same view"), as here.
+
+    The new centre (the paper's centering, Sec. 3.1) ``c' = m c + (1 - m) mean_{i, b} t_i`` (mean over the T
+    crops and the global batch; the official ``update_center`` all-reduces the batch sum and divides by the
+    global count) is ``aux['center']``, shape [K], stop-gradient; the caller carries it to the next step. It is
+    computed from the incoming ``teacher_logits``, after their use in this step's loss, as the official code does.
+
+    Multi-device: the loss is a mean over local examples, so ``mean_d L_d == L_global`` (equal local batches);
+    with ``axis_name`` the centre's batch mean is ``lax.pmean`` over devices, so ``aux['center']`` is the global
+    one and identical (and typed invariant under ``shard_map``) on every device. The scalar diagnostics are
+    over local examples (pmean them as the train step does its metrics):
+    ``teacher_entropy`` mean H(p_t) (-> 0: one prototype dominates; -> log K: uniform collapse),
+    ``kl`` mean over pairs of KL(p_t || p_s) = loss - teacher_entropy (-> 0 in either collapse, as in the
+    paper's collapse study), ``teacher_max_prob`` mean max_k p_t (-> 1: one prototype dominates), and
+    ``student_entropy`` mean H(p_s) over the V crops.
+    """
+    s = _f32(student_logits)
+    t = lax.stop_gradient(_f32(teacher_logits))
+    c = lax.stop_gradient(_f32(center)).reshape(-1)
+    n_views, n_teacher = s.shape[0], t.shape[0]
+    if s.ndim != 3 or t.ndim != 3 or s.shape[1:] != t.shape[1:] or c.shape != s.shape[-1:]:
+        raise ValueError(f"dino_loss: student [V, B, K], teacher [T, B, K] and centre [K] expected, got "
+                         f"{s.shape}, {t.shape}, {jnp.shape(center)}")
+    if not 1 <= n_teacher <= n_views or n_views < 2:
+        raise ValueError(f"dino_loss: need 1 <= T <= V and V >= 2 crops, got T={n_teacher}, V={n_views}")
+    p_t = jax.nn.softmax((t - c) / teacher_temperature, axis=-1)
+    log_p_s = jax.nn.log_softmax(s / student_temperature, axis=-1)
+    # ce[i, v] = mean_b -sum_k p_t[i, b, k] log p_s[v, b, k], for every teacher crop i and student crop v.
+    ce = -jnp.einsum("ibk,vbk->iv", p_t, log_p_s, precision=lax.Precision.HIGHEST) / s.shape[1]
+    same_view = jnp.arange(n_teacher)[:, None] == jnp.arange(n_views)[None, :]
+    loss = jnp.sum(jnp.where(same_view, 0.0, ce)) / (n_teacher * (n_views - 1))
+
+    batch_center = jnp.mean(t, axis=(0, 1))
+    if axis_name is not None:
+        batch_center = lax.pmean(batch_center, axis_name)
+    new_center = center_momentum * c + (1.0 - center_momentum) * batch_center
+
+    def entropy(log_p):
+        return jnp.mean(-jnp.sum(jnp.exp(log_p) * log_p, axis=-1))
+
+    teacher_entropy = entropy(jax.nn.log_softmax((t - c) / teacher_temperature, axis=-1))
+    aux = {
+        "center": lax.stop_gradient(new_center),
+        "teacher_entropy": teacher_entropy,
+        "kl": lax.stop_gradient(loss) - teacher_entropy,
+        "teacher_max_prob": jnp.mean(jnp.max(p_t, axis=-1)),
+        "student_entropy": lax.stop_gradient(entropy(log_p_s)),
+    }
+    return loss, aux

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = [
-    "STAGE_SIZES", "ResNet", "MLPHead", "SSLNet", "make_backbone", "make_ssl_net",
+    "STAGE_SIZES", "ResNet", "MLPHead", "DINOHead", "SSLNet", "make_backbone", "make_ssl_net",
     "parse_dtype", "count_params",
 ]
 
@@ -306,6 +306,71 @@ class MLPHead(nn.Module):
         if self.last_bn:
             x = norm(use_bias=False, use_scale=False)(x, num_views)
         return x
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, Sec. 3.1 and appendix; official dino/vision_transformer.py
+    ``DINOHead``, defaults from main_dino.py): an MLP to a bottleneck, L2-normalisation, then a weight-normalised
+    bias-free linear layer to ``out_dim`` prototypes. Same call signature as `MLPHead`, so it can replace it.
+
+    * MLP: ``num_layers`` Linear layers (official ``nlayers=3``), ``in -> hidden_dim (2048) -> ... ->
+      bottleneck_dim (256)``, GELU after every one but the last; ``num_layers=1`` is a single Linear to the
+      bottleneck. The Linears have biases and are initialised as the official ``_init_weights``: weights
+      N(0, 0.02) (timm's ``trunc_normal_(std=.02)`` truncates at +-2 absolute, i.e. 100 std: a plain normal),
+      biases 0. GELU is the exact (erf) form, torch's ``nn.GELU()`` default (flax's ``nn.gelu`` defaults to
+      the tanh approximation).
+    * ``use_bn`` (official ``use_bn_in_head``, default False) puts a BatchNorm after each hidden Linear, before
+      its GELU; the library's per-view `BatchNorm` (momentum 0.9 = torch's 0.1, eps 1e-5, synchronised over
+      ``bn_axis_name``).
+    * The bottleneck is L2-normalised (``F.normalize``, eps 1e-12), in float32.
+    * Last layer: ``nn.utils.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))`` with ``weight_g``
+      filled with 1 and, with ``norm_last_layer=True`` (the default), not trained. Here the direction is the
+      parameter ``last_layer_v`` [bottleneck_dim, out_dim], normalised along its input axis (each prototype
+      column to unit norm) at every call, so the effective weight is ``v / ||v||`` and scaling v changes
+      nothing. ``norm_last_layer=False`` adds a trained ``last_layer_g`` [out_dim] (initialised to 1) and
+      uses ``g * v / ||v||``. v is initialised as torch's default Linear init, U(+-1/sqrt(bottleneck_dim)):
+      the official ``_init_weights`` runs before the last layer is made. The official run also freezes the
+      last layer for the first epoch (``freeze_last_layer=1``); that belongs to the train step, not here.
+    * ``out_dim``: 65536 in the paper; the official default is also 65536.
+
+    Outputs are cosine similarities (times g): each is in [-1, 1] when ``norm_last_layer``. Params are float32;
+    the Linears compute in ``dtype``, the normalisations and the last layer in float32.
+    """
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    num_layers: int = 3
+    use_bn: bool = False
+    norm_last_layer: bool = True
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool, num_views: int = 1) -> jnp.ndarray:
+        if self.num_layers < 1:
+            raise ValueError(f"DINOHead: num_layers={self.num_layers}; need at least 1")
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
+                                  kernel_init=nn.initializers.normal(0.02), bias_init=nn.initializers.zeros)
+        norm = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
+        x = jnp.asarray(x, self.dtype)
+        for i in range(self.num_layers - 1):
+            x = dense(self.hidden_dim, name=f"linear{i + 1}")(x)
+            if self.use_bn:
+                x = norm(name=f"bn{i + 1}")(x, num_views)
+            x = nn.gelu(x, approximate=False)
+        x = dense(self.bottleneck_dim, name=f"linear{self.num_layers}")(x)
+        x = _unit_rows(x.astype(jnp.float32))
+        v = self.param("last_layer_v", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+                       (self.bottleneck_dim, self.out_dim), jnp.float32)
+        w = v * lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=0, keepdims=True), 1e-24))
+        if not self.norm_last_layer:
+            w = w * self.param("last_layer_g", nn.initializers.ones, (self.out_dim,), jnp.float32)
+        return x @ w
+
+
+def _unit_rows(x, eps=1e-12):
+    """x / max(||x||, eps) along the last axis (torch's F.normalize)."""
+    return x * lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 class SSLNet(nn.Module):
