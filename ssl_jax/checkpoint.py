@@ -237,22 +237,26 @@ class Checkpointer:
 
 
 def export_encoder(directory, params, batch_stats, model_config):
-    """Writes the backbone's variables and the settings needed to rebuild it to `directory`."""
+    """Writes the backbone's variables and the settings needed to rebuild it to `directory`: ENCODER_CONFIG_FILE
+    holds `models.backbone_settings` (name, width and stem for a ResNet; name, patch size, pooling, position
+    embedding and depth for a ViT)."""
+    from ssl_jax import models  # see load_encoder
+
     directory = os.path.abspath(directory)
     variables = {"params": params["backbone"], "batch_stats": batch_stats.get("backbone", {})}
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(directory, "variables"), variables, force=True)
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:
-        keys = ("name", "width", "stem")
         with open(os.path.join(directory, ENCODER_CONFIG_FILE), "w") as f:
-            json.dump({k: model_config[k] for k in keys}, f, indent=2)
+            json.dump(models.backbone_settings(model_config), f, indent=2)
 
 
 def load_encoder(directory, dtype="float32"):
     """Loads an exported encoder: returns `(encode, variables)`, `encode(variables, images) -> features`.
 
-    `images` are float images normalised as in training (`ssl_jax.augment.normalize` of values in [0, 1]).
+    `images` are float images normalised as in training (`ssl_jax.augment.normalize` of values in [0, 1]). Files
+    written before ViTs, with only name, width and stem, still load: missing settings take their defaults.
     """
     from ssl_jax import models  # models import flax.linen; kept local so checkpoint I/O stays light
 
@@ -263,8 +267,7 @@ def load_encoder(directory, dtype="float32"):
                                 "ssl_jax.checkpoint.export_encoder (look for WORKDIR/encoder).")
     with open(config_path) as f:
         cfg = json.load(f)
-    backbone = models.make_backbone(cfg["name"], width=cfg["width"], stem=cfg["stem"],
-                                    dtype=models.parse_dtype(dtype))
+    backbone = models.make_backbone(dtype=models.parse_dtype(dtype), **models.backbone_settings(cfg))
     variables = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"))
 
     def encode(variables, images):

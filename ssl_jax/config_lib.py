@@ -113,9 +113,9 @@ def base_config():
     config.augment = ml_collections.ConfigDict(dict(view1=view_config(), view2=view_config()))
 
     config.model = ml_collections.ConfigDict(dict(
-        name="resnet18",             # resnet18/34/50/101/152
-        width=64,                    # base channels; 64 is the standard network
-        stem="cifar",                # 3x3 stride-1 conv, no max-pool (SimCLR appendix B.9)
+        name="resnet18",             # resnet18/34/50/101/152, or vit_tiny/vit_small/vit_base (DeiT's sizes, vit.py)
+        width=64,                    # ResNet base channels; 64 is the standard network (a ViT's comes with its name)
+        stem="cifar",                # ResNet: 3x3 stride-1 conv, no max-pool (SimCLR appendix B.9)
         projector_hidden=(512,),     # SimCLR v1: 2-layer MLP head, hidden = feature width
         projection_dim=128,          # SimCLR: 128-d projection
         projector_last_bn=False,     # BatchNorm (no affine) on the projector's output (SimSiam, MoCo v3)
@@ -124,6 +124,12 @@ def base_config():
         dtype="auto",                # 'auto': bfloat16 on GPU/TPU, float32 on CPU; params always float32
         conv_impl="auto",            # 'auto' (= 'xla'), 'xla', 'im2col', 'im2col_strided' (docs/benchmarks.md)
         zero_init_residual=False,    # each residual branch's last BatchNorm scale starts at 0 (Goyal et al. 2017)
+        patch_size=4,                # ViT: p x p patches, one token each; 4 at 32x32 (64 tokens), 16 at 224 (196)
+        vit_pooling="cls",           # ViT: 'cls' (class token: DeiT, DINO, MoCo v3) or 'mean' (token average:
+                                     # big_vision's 'gap')
+        pos_embedding="sincos2d",    # ViT: 'sincos2d' (fixed: MoCo v3, big_vision) or 'learned' (DINO; resized
+                                     # bilinearly to the patch grid of a crop of another size)
+        vit_depth=0,                 # ViT: 0 = the name's 12 blocks; n = n blocks (small test networks)
     ))
 
     config.loss = ml_collections.ConfigDict(dict(temperature=0.5))  # SimCLR CIFAR-10: tau = 0.5

@@ -7,8 +7,11 @@ the EMA target's forward, the predictor, the loss, and the backward pass that au
 convolutions and matmuls. Tracing needs shapes only, so a count costs no compilation.
 
 What is counted: `conv_general_dilated` and `dot_general`, 2 FLOPs per multiply-add, the work that MFU's dense
-tensor-core peaks measure (the usual "model FLOPs" convention). Element-wise work and reductions (BatchNorm,
-ReLU, the optimizer, the augmentation's colour operations) are not counted. Nested jaxprs are walked: jit,
+tensor-core peaks measure (the usual "model FLOPs" convention). A ViT's patch embedding is a convolution; its
+attention (query, key and value projections, the scores q k^T, the weighted sum of values, the output projection)
+and MLP are `dot_general`s, flax's attention einsums included (tests/test_flops.py: ViT-S/16 against a hand
+count). Element-wise work and reductions (BatchNorm, LayerNorm, ReLU, GELU, softmax, the optimizer, the
+augmentation's colour operations) are not counted. Nested jaxprs are walked: jit,
 custom_jvp/custom_vjp (their primal; under autodiff the rules' operations are traced into the outer jaxpr), remat;
 `scan` bodies count `length` times, `shard_map` and `xla_pmap` bodies once per device, `cond` its largest branch,
 `while` its body once (its trip count is not known from the trace).

@@ -1,4 +1,4 @@
-"""Flax linen ResNets (CIFAR / ImageNet stems) and MLP heads for self-supervised learning.
+"""Flax linen ResNets (CIFAR / ImageNet stems), MLP heads and the SSLNet that puts a backbone and heads together.
 
 Modelled on flax ``examples/imagenet/models.py`` and torchvision's ResNet v1.5: He (fan_out)
 conv init, no conv bias, projection shortcuts where the shape changes, bottleneck stride on the
@@ -6,6 +6,7 @@ conv init, no conv bias, projection shortcuts where the shape changes, bottlenec
 turns every BatchNorm into a cross-replica (synchronised) BatchNorm over that mapped axis.
 ``num_views`` (a call argument) says the batch holds that many views stacked along axis 0; each
 BatchNorm then keeps per-view statistics (see `BatchNorm`), everything else is per example.
+`make_backbone` builds a ResNet or a Vision Transformer (`ssl_jax.vit`) by name.
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ssl_jax import vit
+
 __all__ = [
-    "STAGE_SIZES", "ResNet", "MLPHead", "DINOHead", "SSLNet", "make_backbone", "make_ssl_net",
-    "parse_dtype", "count_params",
+    "STAGE_SIZES", "ResNet", "MLPHead", "DINOHead", "SSLNet", "make_backbone", "make_ssl_net", "backbone_settings",
+    "check_backbone_options", "parse_dtype", "count_params",
 ]
 
 STAGE_SIZES = {
@@ -379,7 +382,9 @@ class SSLNet(nn.Module):
     Returns {'features': [B, C], 'projection': [B, P]} and, when the net has a predictor
     (``predictor_dim > 0``) and ``use_predictor``, 'prediction': [B, Q] (predictor applied
     to the projection, as in BYOL/SimSiam). With ``num_views=V`` the batch is V views stacked
-    along axis 0, each normalised with its own BatchNorm statistics.
+    along axis 0, each normalised with its own BatchNorm statistics. The backbone is a ResNet or
+    a ViT by name (`make_backbone`); the `patch_size`, `vit_*` and `pos_embedding` fields are read
+    by ViTs only, `width`, `stem`, `conv_impl` and `zero_init_residual` by ResNets only.
     """
     backbone: str = "resnet18"
     width: int = 64
@@ -393,6 +398,10 @@ class SSLNet(nn.Module):
     bn_axis_name: str | None = None
     conv_impl: str = "xla"
     zero_init_residual: bool = False
+    patch_size: int = 4
+    vit_pooling: str = "cls"
+    pos_embedding: str = "sincos2d"
+    vit_depth: int = 0
 
     @property
     def has_predictor(self) -> bool:
@@ -401,9 +410,11 @@ class SSLNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool, use_predictor: bool = True, num_views: int = 1) -> dict:
         head = functools.partial(MLPHead, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
-        feats = ResNet(*_arch(self.backbone), width=self.width, stem=self.stem,
-                       dtype=self.dtype, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl,
-                       zero_init_residual=self.zero_init_residual, name="backbone")(x, train, num_views).astype(jnp.float32)
+        feats = make_backbone(
+            self.backbone, self.width, self.stem, self.dtype, self.bn_axis_name, conv_impl=self.conv_impl,
+            zero_init_residual=self.zero_init_residual, patch_size=self.patch_size, vit_pooling=self.vit_pooling,
+            pos_embedding=self.pos_embedding, vit_depth=self.vit_depth, module_name="backbone",
+        )(x, train, num_views).astype(jnp.float32)
         proj = head(tuple(self.projector_hidden), self.projection_dim, last_bn=self.projector_last_bn,
                     name="projector")(
             feats, train, num_views)
@@ -415,26 +426,71 @@ class SSLNet(nn.Module):
 
 
 def make_backbone(name: str, width: int = 64, stem: str = "cifar", dtype: Any = jnp.float32,
-                  bn_axis_name: str | None = None, **kwargs) -> ResNet:
-    """ResNet by name ('resnet18' ... 'resnet152'); extra kwargs go to ResNet."""
-    return ResNet(*_arch(name), width=width, stem=stem, dtype=dtype,
-                  bn_axis_name=bn_axis_name, **kwargs)
+                  bn_axis_name: str | None = None, *, conv_impl: str = "xla", zero_init_residual: bool = False,
+                  patch_size: int = 4, vit_pooling: str = "cls", pos_embedding: str = "sincos2d",
+                  vit_depth: int = 0, module_name: str | None = None) -> nn.Module:
+    """ResNet ('resnet18' ... 'resnet152') or ViT ('vit_tiny', 'vit_small', 'vit_base') by name.
+
+    ResNets read width, stem, bn_axis_name, conv_impl and zero_init_residual; ViTs read patch_size, vit_pooling,
+    pos_embedding and vit_depth (0: the name's 12 blocks, n: n blocks). A ViT given a ResNet-only option fails
+    (`check_backbone_options`). `module_name` names the module inside a parent (SSLNet's 'backbone').
+    """
+    check_backbone_options(name, stem, conv_impl, zero_init_residual)
+    if name in vit.VIT_SIZES:
+        size = vit.VIT_SIZES[name]
+        return vit.ViT(size.dim, int(vit_depth) or size.depth, size.num_heads, size.mlp_dim, int(patch_size),
+                       vit_pooling, pos_embedding, dtype=dtype, name=module_name)
+    return ResNet(*_arch(name), width=width, stem=stem, dtype=dtype, bn_axis_name=bn_axis_name,
+                  conv_impl=conv_impl, zero_init_residual=zero_init_residual, name=module_name)
+
+
+def check_backbone_options(name: str, stem: str = "cifar", conv_impl: str = "xla",
+                           zero_init_residual: bool = False) -> None:
+    """One-line ValueError for an unknown backbone name, or a ViT given an option that only ResNets have."""
+    if name not in vit.VIT_SIZES:
+        _arch(name)
+        return
+    if zero_init_residual:
+        raise ValueError(f"config.model.zero_init_residual=True is a ResNet option; {name} has no BatchNorm "
+                         "residual branches to zero: set it to False.")
+    if stem != "cifar":
+        raise ValueError(f"config.model.stem={stem!r} is a ResNet option; {name} embeds patches instead "
+                         "(config.model.patch_size): leave the stem at 'cifar'.")
+    if conv_impl not in ("auto", "xla"):
+        raise ValueError(f"config.model.conv_impl={conv_impl!r} is a ResNet option; {name} runs its patch "
+                         "embedding with XLA's conv: set it to 'auto' or 'xla'.")
 
 
 def _arch(name: str) -> tuple[tuple[int, ...], str]:
-    """(stage_sizes, block kind) for a backbone name; ValueError if unknown."""
+    """(stage_sizes, block kind) for a ResNet name; ValueError naming every known backbone if unknown."""
     if name not in STAGE_SIZES:
-        raise ValueError(f"unknown backbone {name!r}; known: {sorted(STAGE_SIZES)}")
+        raise ValueError(f"unknown backbone {name!r}; known: {sorted(STAGE_SIZES) + sorted(vit.VIT_SIZES)}")
     return STAGE_SIZES[name], _BLOCK_KIND.get(name, "bottleneck")
+
+
+_RESNET_SETTINGS = ("name", "width", "stem")
+_VIT_SETTINGS = ("name", "patch_size", "vit_pooling", "pos_embedding", "vit_depth")
+_SETTING_FIELDS = {"name": "backbone"}  # config key -> SSLNet field, where they differ
+
+
+def backbone_settings(model_cfg: Mapping[str, Any]) -> dict:
+    """The config keys (with SSLNet's defaults for missing ones) that rebuild the backbone with `make_backbone`:
+    name, width and stem for a ResNet; name, patch_size, vit_pooling, pos_embedding and vit_depth for a ViT.
+    Initialisation-only and compute-only options (zero_init_residual, conv_impl, dtype) are left out."""
+    d = SSLNet.__dataclass_fields__
+    keys = _VIT_SETTINGS if model_cfg.get("name", d["backbone"].default) in vit.VIT_SIZES else _RESNET_SETTINGS
+    return {k: model_cfg.get(k, d[_SETTING_FIELDS.get(k, k)].default) for k in keys}
 
 
 def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
                  bn_axis_name: str | None = None, conv_impl: str | None = None) -> SSLNet:
     """SSLNet from a ConfigDict / mapping (name, width, stem, projector_hidden, projection_dim,
-    projector_last_bn, predictor_hidden, predictor_dim); missing keys take SSLNet's defaults."""
+    projector_last_bn, predictor_hidden, predictor_dim, and for ViTs patch_size, vit_pooling,
+    pos_embedding, vit_depth); missing keys take SSLNet's defaults. Fails here, with one line, on a
+    backbone name, ViT setting or ViT-incompatible ResNet option that cannot work."""
     d = SSLNet.__dataclass_fields__
     get = lambda k, field: model_cfg.get(k, d[field].default)  # noqa: E731
-    return SSLNet(
+    net = SSLNet(
         backbone=get("name", "backbone"),
         width=int(get("width", "width")),
         stem=get("stem", "stem"),
@@ -447,7 +503,15 @@ def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
         bn_axis_name=bn_axis_name,
         conv_impl=conv_impl or get("conv_impl", "conv_impl"),
         zero_init_residual=bool(get("zero_init_residual", "zero_init_residual")),
+        patch_size=int(get("patch_size", "patch_size")),
+        vit_pooling=get("vit_pooling", "vit_pooling"),
+        pos_embedding=get("pos_embedding", "pos_embedding"),
+        vit_depth=int(get("vit_depth", "vit_depth")),
     )
+    check_backbone_options(net.backbone, net.stem, net.conv_impl, net.zero_init_residual)
+    if net.backbone in vit.VIT_SIZES:
+        vit.check_settings(net.patch_size, net.vit_pooling, net.pos_embedding)
+    return net
 
 
 _DTYPES = {

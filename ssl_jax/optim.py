@@ -23,12 +23,27 @@ def learning_rate_schedule(peak_lr, warmup_steps, total_steps):
         decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
 
 
-def decay_mask(params):
-    """True for weight matrices and conv kernels; False for biases and BatchNorm scales/offsets.
+# Parameter names (the last key of a path) that weight decay and LARS's trust ratio leave alone: biases, the scales
+# and offsets of every norm (flax names BatchNorm's and LayerNorm's 'scale' and 'bias'), the ViT's position
+# embeddings and class token (ssl_jax/vit.py).
+NO_DECAY_NAMES = frozenset({"bias", "scale", "pos_embedding", "cls"})
 
-    LARS papers and SimCLR leave 1-d parameters out of both weight decay and the trust-ratio adaptation.
+
+def decay_mask(params):
+    """True for weight matrices and conv kernels; False, by the parameter's name, for those in NO_DECAY_NAMES.
+
+    LARS papers and SimCLR leave biases and BatchNorm parameters out of both weight decay and the trust-ratio
+    adaptation, as DeiT, DINO and MoCo v3 do for a ViT's norms, biases, position embeddings and class token. By
+    name, not by ndim: a ViT's attention biases ([heads, head_dim]), class token and position embeddings have more
+    than one dimension. For a ResNet the two rules give the same mask (tests/test_optim.py).
     """
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    return jax.tree_util.tree_map_with_path(lambda path, _: _leaf_name(path) not in NO_DECAY_NAMES, params)
+
+
+def _leaf_name(path):
+    """The last key of a pytree path ('kernel' for ('backbone', 'stem_conv', 'kernel'))."""
+    last = path[-1] if path else None
+    return getattr(last, "key", getattr(last, "name", last))
 
 
 def scale_by_clipped_trust_ratio(trust_coefficient, learning_rate, mask, eps=0.0):
@@ -39,7 +54,7 @@ def scale_by_clipped_trust_ratio(trust_coefficient, learning_rate, mask, eps=0.0
     With ``r = eta ||p|| / ||u||`` (u the update so far, weight decay included) the update becomes
     ``min(r / lr_t, 1) u``; the learning rate applied after it makes the step ``min(r, lr_t) u``. Unclipped LARS
     takes steps of ``lr_t eta ||p||`` per layer however small the gradient; the clip bounds them by SGD's (why
-    BYOL and TiCo need it: docs/learning_check.md). Parameters outside `mask` (biases, BatchNorm) pass through,
+    BYOL and TiCo need it: docs/learning_check.md). Parameters outside `mask` (biases, norms) pass through,
     as in LARS.
     """
 
@@ -68,8 +83,9 @@ def scale_by_clipped_trust_ratio(trust_coefficient, learning_rate, mask, eps=0.0
 
 
 def lars(schedule, weight_decay, trust_coefficient, momentum, clip_lr=False):
-    """optax.lars (You et al. 2017) with biases and BatchNorm parameters left out of weight decay and of the
-    trust ratio; with `clip_lr` the trust ratio is clipped (`scale_by_clipped_trust_ratio`)."""
+    """optax.lars (You et al. 2017) with biases, norm parameters (and a ViT's position embeddings and class
+    token: `decay_mask`) left out of weight decay and of the trust ratio; with `clip_lr` the trust ratio is
+    clipped (`scale_by_clipped_trust_ratio`)."""
     if not clip_lr:
         return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay_mask,
                           trust_coefficient=trust_coefficient, trust_ratio_mask=decay_mask, momentum=momentum)

@@ -1,5 +1,6 @@
 """Checkpoint format: the state's arrays packed into one buffer per dtype, restored leaf for leaf; the start-up
-check of the checkpoint directory."""
+check of the checkpoint directory; the exported encoder's settings file."""
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +58,23 @@ def test_a_checkpoint_written_before_packing_still_restores(tmp_path):
     restored = again.restore(jax.tree.map(np.zeros_like, state))
     again.close()
     jax.tree.map(lambda r, s: np.testing.assert_array_equal(np.asarray(r), s), restored, state)
+
+
+def test_a_resnet_encoder_config_keeps_its_three_keys_and_such_files_still_load(tmp_path):
+    """A ResNet's encoder_config.json is what it was before ViTs (name, width, stem, no other key), so files
+    written then load as files written now; the loaded encoder gives the network's features."""
+    from ssl_jax import models
+
+    model_config = {"name": "resnet18", "width": 4, "stem": "cifar", "projector_hidden": (8,), "projection_dim": 4,
+                    "patch_size": 16, "vit_pooling": "mean"}  # ViT keys a config always holds: not written
+    net = models.make_ssl_net(model_config, jnp.float32, None)
+    variables = jax.jit(lambda: net.init(jax.random.key(0, impl="rbg"), jnp.zeros((2, 8, 8, 3)), train=False))()
+    checkpoint.export_encoder(str(tmp_path), variables["params"], variables["batch_stats"], model_config)
+    with open(tmp_path / checkpoint.ENCODER_CONFIG_FILE) as f:
+        assert json.load(f) == {"name": "resnet18", "width": 4, "stem": "cifar"}
+    encode, loaded = checkpoint.load_encoder(str(tmp_path))
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(encode(loaded, x), net.apply(variables, x, train=False)["features"])
 
 
 def test_a_checkpoint_of_another_shape_is_refused_with_the_sizes(tmp_path):

@@ -1,4 +1,4 @@
-"""flops.py against hand counts: single ops, nested jaxprs, ResNet forwards and whole train steps."""
+"""flops.py against hand counts: single ops, nested jaxprs, ResNet and ViT forwards and whole train steps."""
 import functools
 import json
 import os
@@ -143,6 +143,32 @@ def test_resnet18_cifar_forward_is_the_hand_count():
 def test_resnet50_imagenet_forward_is_the_hand_count():
     macs = _backbone_forward_macs("resnet50", "imagenet", 224)
     assert macs == conv_macs(resnet50_imagenet_convs()) == pytest.approx(4.1e9, rel=0.01)
+
+
+def vit_forward_macs(dim, depth, heads, mlp_dim, patch, size, cls=True):
+    """Multiply-adds of a ViT forward on one image, layer by layer: the patch embedding (a p x p x 3 -> D linear map
+    per patch), then per block the query, key and value projections (3 N D^2), the attention scores q k^T (each
+    head N x N x D/h: N^2 D in all), the attention-weighted values (N^2 D), the output projection (N D^2) and the
+    MLP (2 N D mlp), with N the tokens: (size/p)^2 patches + the class token."""
+    patches = (size // patch) ** 2
+    tokens = patches + cls
+    embedding = patches * patch * patch * 3 * dim
+    del heads  # the heads split D: the scores and values cost the same for any number of heads
+    block = 3 * tokens * dim * dim + 2 * tokens * tokens * dim + tokens * dim * dim + 2 * tokens * dim * mlp_dim
+    return embedding, depth * block
+
+
+def test_vit_small_224_forward_is_the_hand_count():
+    """ViT-S/16 at 224x224: DeiT's "4.6 GFLOPs" (multiply-adds), attention included; the patch embedding is the
+    only convolution, everything else a dot_general (flax's attention einsums included)."""
+    net = models.make_backbone("vit_small", patch_size=16)
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(functools.partial(net.init, train=False), jax.random.key(0), x)
+    count = flops.count_flops(functools.partial(net.apply, train=False), variables, x)
+    embedding, blocks = vit_forward_macs(384, 12, 6, 1536, 16, 224)
+    assert count.conv / 2 == embedding == 196 * 768 * 384
+    assert count.dot / 2 == blocks  # exact; the scores and weighted values are 7.8% of it
+    assert count.total / 2 == pytest.approx(4.6e9, rel=0.01)
 
 
 @pytest.mark.parametrize("num_devices", [1, 8])
