@@ -30,14 +30,17 @@ NO_DECAY_NAMES = frozenset({"bias", "scale", "pos_embedding", "cls"})
 
 
 def decay_mask(params):
-    """True for weight matrices and conv kernels; False, by the parameter's name, for those in NO_DECAY_NAMES.
+    """True for weight matrices and conv kernels; False for one-dimensional parameters and, by name, for those in
+    NO_DECAY_NAMES.
 
     LARS papers and SimCLR leave biases and BatchNorm parameters out of both weight decay and the trust-ratio
     adaptation, as DeiT, DINO and MoCo v3 do for a ViT's norms, biases, position embeddings and class token. By
-    name, not by ndim: a ViT's attention biases ([heads, head_dim]), class token and position embeddings have more
-    than one dimension. For a ResNet the two rules give the same mask (tests/test_optim.py).
+    name as well as by ndim (DINO's rule: biases and every 1-d parameter): a ViT's attention biases ([heads,
+    head_dim]), class token and position embeddings have more than one dimension. For a ResNet the names add
+    nothing to the ndim rule (tests/test_optim.py).
     """
-    return jax.tree_util.tree_map_with_path(lambda path, _: _leaf_name(path) not in NO_DECAY_NAMES, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: len(p.shape) > 1 and _leaf_name(path) not in NO_DECAY_NAMES, params)
 
 
 def _leaf_name(path):

@@ -113,17 +113,15 @@ def test_lars_trust_ratio_scales_kernels_not_biases():
                          trust_coefficient=0.001)
     tx, schedule = optim.make_optimizer(config, batch_size=256, steps_per_epoch=10, total_steps=100)
     rng = np.random.default_rng(0)
-    params = {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-              "bias": jnp.asarray(rng.normal(size=4), jnp.float32)}
-    grads = {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-             "bias": jnp.asarray(rng.normal(size=4), jnp.float32)}
+    params = {"k": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
+    grads = {"k": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
     updates, _ = tx.update(grads, tx.init(params), params)
     lr = float(schedule(0))
-    w, g = np.asarray(params["kernel"], np.float64), np.asarray(grads["kernel"], np.float64)
+    w, g = np.asarray(params["k"], np.float64), np.asarray(grads["k"], np.float64)
     g_wd = g + 0.01 * w
     expected_k = -lr * 0.001 * np.linalg.norm(w) / np.linalg.norm(g_wd) * g_wd
-    np.testing.assert_allclose(updates["kernel"], expected_k, rtol=1e-4)
-    np.testing.assert_allclose(updates["bias"], -lr * np.asarray(grads["bias"]), rtol=1e-5)
+    np.testing.assert_allclose(updates["k"], expected_k, rtol=1e-4)
+    np.testing.assert_allclose(updates["b"], -lr * np.asarray(grads["b"]), rtol=1e-5)
 
 
 def test_learning_rate_scaling_and_schedule():
@@ -153,12 +151,10 @@ def test_clipped_lars_steps_no_further_than_sgd(trust_coefficient):
                          trust_coefficient=trust_coefficient, clip_lr=True)
     tx, schedule = optim.make_optimizer(config, batch_size=256, steps_per_epoch=10, total_steps=100)
     rng = np.random.default_rng(1)
-    params = {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-              "bias": jnp.asarray(rng.normal(size=4), jnp.float32)}
-    grads = {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-             "bias": jnp.asarray(rng.normal(size=4), jnp.float32)}
+    params = {"k": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
+    grads = {"k": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
     state = tx.init(params)
-    w, g = np.asarray(params["kernel"], np.float64), np.asarray(grads["kernel"], np.float64)
+    w, g = np.asarray(params["k"], np.float64), np.asarray(grads["k"], np.float64)
     velocity, bias_velocity = np.zeros_like(w), np.zeros(4)
     for step in range(2):  # the second step checks the momentum and the schedule's count
         updates, state = tx.update(grads, state, params)
@@ -166,9 +162,9 @@ def test_clipped_lars_steps_no_further_than_sgd(trust_coefficient):
         g_wd = g + 0.01 * w
         ratio = trust_coefficient * np.linalg.norm(w) / np.linalg.norm(g_wd)
         velocity = 0.9 * velocity + lr * min(ratio / lr, 1.0) * g_wd
-        bias_velocity = 0.9 * bias_velocity + lr * np.asarray(grads["bias"], np.float64)
-        np.testing.assert_allclose(updates["kernel"], -velocity, rtol=1e-4)
-        np.testing.assert_allclose(updates["bias"], -bias_velocity, rtol=1e-4)
+        bias_velocity = 0.9 * bias_velocity + lr * np.asarray(grads["b"], np.float64)
+        np.testing.assert_allclose(updates["k"], -velocity, rtol=1e-4)
+        np.testing.assert_allclose(updates["b"], -bias_velocity, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name,extra", [("sgd", {}), ("lars", {"trust_coefficient": 10.0, "clip_lr": True})])
