@@ -4,7 +4,8 @@ The state is saved as its flax state dict (nested dicts of arrays), so any metho
 state, probe) round-trip without orbax needing to know the dataclass; its arrays go to orbax packed into one flat
 buffer per dtype (`pack`), since orbax's work grows with the number of arrays, not their bytes. Every process
 calls `save`; the state is replicated, so each holds the same buffers. A save costs the training loop only a copy
-of the state on its devices: the host copy, the check, the packing and orbax's own work run on a writer thread (docs/benchmarks.md, "Checkpoints and evaluation in the loop").
+of the state on its devices: the host copy, the check, the packing and orbax's own work run on a writer thread
+(docs/benchmarks.md, "Checkpoints and evaluation in the loop").
 """
 import concurrent.futures
 import contextlib

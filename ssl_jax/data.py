@@ -1,7 +1,8 @@
 """Host-side CIFAR-10/100 data: a labelled data set loaded into uint8 arrays in memory, from whichever source has it.
 
-Numpy only: which examples each step trains on is `batches.py`, putting them on devices `sharding.py`. Sources, in order: a user path (the official
-python archive or an image-folder tree/tarball), prepared TFDS data, a download of the official archive.
+Numpy only: which examples each step trains on is `batches.py`, putting them on devices `sharding.py`. Sources,
+in order: a user path (the official python archive or an image-folder tree/tarball), prepared TFDS data, a
+download of the official archive.
 """
 from __future__ import annotations
 
