@@ -16,6 +16,7 @@ METHOD_CONFIGS = {  # method -> its CIFAR config, configs/<name>.py
     "barlow_twins": "barlow_cifar",
     "simsiam": "simsiam_cifar",
     "moco_v3": "mocov3_cifar",
+    "dino": "dino_cifar",
 }
 
 

@@ -130,6 +130,8 @@ def base_config():
         pos_embedding="sincos2d",    # ViT: 'sincos2d' (fixed: MoCo v3, big_vision) or 'learned' (DINO; resized
                                      # bilinearly to the patch grid of a crop of another size)
         vit_depth=0,                 # ViT: 0 = the name's 12 blocks; n = n blocks (small test networks)
+        num_prototypes=0,            # > 0: DINO's head as the projector (projection_dim its bottleneck)
+        dino_head_bn=False,          # BatchNorm in DINO's head (official and solo-learn use_bn_in_head: False)
     ))
 
     config.loss = ml_collections.ConfigDict(dict(temperature=0.5))  # SimCLR CIFAR-10: tau = 0.5

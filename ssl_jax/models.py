@@ -402,10 +402,28 @@ class SSLNet(nn.Module):
     vit_pooling: str = "cls"
     pos_embedding: str = "sincos2d"
     vit_depth: int = 0
+    num_prototypes: int = 0  # > 0: DINO's head (`DINOHead`) as the projector, with this many prototypes
+    dino_head_bn: bool = False  # BatchNorm after the DINO head's hidden layers (official use_bn_in_head)
 
     @property
     def has_predictor(self) -> bool:
         return self.predictor_dim > 0
+
+    def _projector(self, name):
+        """MLPHead, or with `num_prototypes` > 0 DINO's head: `projector_hidden` its hidden layers (all one
+        width), `projection_dim` its bottleneck, `num_prototypes` its weight-normalised last layer."""
+        if not self.num_prototypes:
+            return MLPHead(tuple(self.projector_hidden), self.projection_dim, last_bn=self.projector_last_bn,
+                           dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=name)
+        hidden = tuple(self.projector_hidden)
+        if len(set(hidden)) > 1 or self.projector_last_bn:
+            raise ValueError(f"config.model.num_prototypes={self.num_prototypes} builds DINO's head, whose hidden "
+                             f"layers share one width and end without BatchNorm; got projector_hidden={hidden}, "
+                             f"projector_last_bn={self.projector_last_bn}: give equal widths and no last BN.")
+        return DINOHead(out_dim=self.num_prototypes, hidden_dim=hidden[0] if hidden else self.projection_dim,
+                        bottleneck_dim=self.projection_dim, num_layers=len(hidden) + 1, use_bn=self.dino_head_bn,
+                        dtype=self.dtype,
+                        bn_axis_name=self.bn_axis_name, name=name)
 
     @nn.compact
     def __call__(self, x, train: bool, use_predictor: bool = True, num_views: int = 1) -> dict:
@@ -415,9 +433,7 @@ class SSLNet(nn.Module):
             zero_init_residual=self.zero_init_residual, patch_size=self.patch_size, vit_pooling=self.vit_pooling,
             pos_embedding=self.pos_embedding, vit_depth=self.vit_depth, module_name="backbone",
         )(x, train, num_views).astype(jnp.float32)
-        proj = head(tuple(self.projector_hidden), self.projection_dim, last_bn=self.projector_last_bn,
-                    name="projector")(
-            feats, train, num_views)
+        proj = self._projector(name="projector")(feats, train, num_views)
         out = {"features": feats, "projection": proj}
         if self.has_predictor and use_predictor:
             out["prediction"] = head(tuple(self.predictor_hidden), self.predictor_dim,
@@ -485,7 +501,7 @@ def backbone_settings(model_cfg: Mapping[str, Any]) -> dict:
 def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
                  bn_axis_name: str | None = None, conv_impl: str | None = None) -> SSLNet:
     """SSLNet from a ConfigDict / mapping (name, width, stem, projector_hidden, projection_dim,
-    projector_last_bn, predictor_hidden, predictor_dim, and for ViTs patch_size, vit_pooling,
+    projector_last_bn, predictor_hidden, predictor_dim, num_prototypes, and for ViTs patch_size, vit_pooling,
     pos_embedding, vit_depth); missing keys take SSLNet's defaults. Fails here, with one line, on a
     backbone name, ViT setting or ViT-incompatible ResNet option that cannot work."""
     d = SSLNet.__dataclass_fields__
@@ -507,6 +523,8 @@ def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
         vit_pooling=get("vit_pooling", "vit_pooling"),
         pos_embedding=get("pos_embedding", "pos_embedding"),
         vit_depth=int(get("vit_depth", "vit_depth")),
+        num_prototypes=int(get("num_prototypes", "num_prototypes")),
+        dino_head_bn=bool(get("dino_head_bn", "dino_head_bn")),
     )
     check_backbone_options(net.backbone, net.stem, net.conv_impl, net.zero_init_residual)
     if net.backbone in vit.VIT_SIZES:

@@ -70,6 +70,10 @@ def check_method_config(config, method):
     if method.predictor and not model.predictor_dim:
         raise ValueError(f"config.method={config.method!r} needs a predictor; set config.model.predictor_dim > 0 "
                          "(and config.model.predictor_hidden).")
+    if method.prototypes != bool(model.num_prototypes):
+        raise ValueError(f"config.model.num_prototypes={model.num_prototypes}, but {config.method!r} "
+                         + ("scores prototypes: set it > 0 (e.g. 4096)." if method.prototypes else
+                            "has no prototype head: set it to 0."))
     if method.predictor and model.predictor_dim != model.projection_dim:
         raise ValueError(f"config.model.predictor_dim={model.predictor_dim} differs from config.model.projection_dim="
                          f"{model.projection_dim}, but {config.method}'s predictor predicts the other view's "
@@ -104,7 +108,7 @@ def initial_state(exp):
     crop = config.augment.view1.crop_size
     return train_step.create_train_state(
         jax.random.key(config.seed), exp.net, exp.probe, exp.method, exp.tx, exp.probe_tx,
-        (crop, crop, image_shape[2]), config.model.projection_dim)
+        (crop, crop, image_shape[2]))
 
 
 def view_configs(config):
@@ -119,7 +123,8 @@ def make_step_fn(exp, ready_views=False):
     per_device_step = train_step.make_per_device_step(
         net=exp.net, probe=exp.probe, method=exp.method, tx=exp.tx, probe_tx=exp.probe_tx, schedule=exp.schedule,
         view_configs=None if ready_views else view_configs(config),
-        loss_kwargs=dict(config.loss), ema_base_decay=config.ema.base_decay, total_steps=exp.total_steps)
+        loss_kwargs=dict(config.loss), ema_base_decay=config.ema.base_decay, total_steps=exp.total_steps,
+        steps_per_epoch=exp.steps_per_epoch)
     return exp.dp.map_step(per_device_step)
 
 

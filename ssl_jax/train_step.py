@@ -18,6 +18,7 @@ import optax
 from jax import lax
 
 from ssl_jax import augment
+from ssl_jax import methods
 from ssl_jax.sharding import AXIS
 
 
@@ -47,13 +48,14 @@ def ema_update(target, online, decay):
     return jax.tree.map(lambda t, o: decay * t + (1.0 - decay) * o, target, online)
 
 
-def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape, projection_dim):
+def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape):
     """Initialises every slot of the state on the host's default device."""
     init_key, probe_key, state_key = jax.random.split(rng, 3)
     dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
     variables = jax.jit(functools.partial(net.init, train=False))(init_key, dummy)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    features = jax.eval_shape(functools.partial(net.apply, train=False), variables, dummy)["features"]
+    outputs = jax.eval_shape(functools.partial(net.apply, train=False), variables, dummy)
+    features = outputs["features"]
     probe_params = jax.jit(probe.init)(probe_key, jnp.zeros(features.shape, features.dtype))["params"]
     has_target = method.ema_target
     return TrainState(
@@ -63,7 +65,7 @@ def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape, proje
         opt_state=tx.init(params),
         target_params=jax.tree.map(jnp.copy, params) if has_target else {},
         target_batch_stats=jax.tree.map(jnp.copy, batch_stats) if has_target else {},
-        loss_state=method.init_loss_state(projection_dim),
+        loss_state=method.init_loss_state(outputs["projection"].shape[-1]),
         probe_params=probe_params,
         probe_opt_state=probe_tx.init(probe_params),
         rng=jax.random.key_data(state_key),
@@ -92,6 +94,29 @@ def _probe_loss(probe, probe_params, features, labels):
     return loss, (logits.argmax(-1) == labels).mean()
 
 
+def _frozen_now(method, step, steps_per_epoch):
+    """((parameter path, whether it is frozen at `step`), ...) for the method's `frozen_at_start`."""
+    return tuple((path, step < epochs * steps_per_epoch) for path, epochs in method.frozen_at_start)
+
+
+def _zero_leaves(tree, frozen):
+    """`tree` with the subtree at each frozen path set to zero where its flag is true (a traced bool)."""
+    for path, is_frozen in frozen:
+        node = tree
+        for key in path[:-1]:
+            node = node[key]
+        leaf = node[path[-1]]
+        tree = _replace_at(tree, path, jnp.where(is_frozen, jnp.zeros_like(leaf), leaf))
+    return tree
+
+
+def _replace_at(tree, path, value):
+    """A copy of the nested dict `tree` with `tree[path[0]]...[path[-1]] = value`."""
+    if not path:
+        return value
+    return {**tree, path[0]: _replace_at(tree[path[0]], path[1:], value)}
+
+
 def _scalar_metrics(aux):
     return {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
 
@@ -109,7 +134,7 @@ def augmented_views(key, batch, view_configs):
 
 
 def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_configs, loss_kwargs,
-                         ema_base_decay, total_steps, axis_name=AXIS):
+                         ema_base_decay, total_steps, steps_per_epoch, axis_name=AXIS):
     """Builds `per_device_step(state, batch)`; `batch` holds uint8 'image', int 'label' and 'global_index' (each
     example's position in the global batch).
 
@@ -126,19 +151,23 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_con
                 net, state.target_params, state.target_batch_stats, views, use_predictor=False)
             target_outputs = lax.stop_gradient(target_outputs)
 
+        context = methods.StepContext(axis_name=axis_name, step=state.step, steps_per_epoch=steps_per_epoch)
+
         def loss_fn(params):
             online, batch_stats = forward_views(net, params, state.batch_stats, views)
-            loss, aux = method.loss(online, target_outputs, state.loss_state, axis_name, **loss_kwargs)
+            loss, aux = method.loss(online, target_outputs, state.loss_state, context, **loss_kwargs)
             return loss, (aux, batch_stats, online[0]["features"], online[1]["features"])
 
         (loss, (aux, batch_stats, feat1, feat2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = lax.pmean(grads, axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        frozen = _frozen_now(method, state.step, steps_per_epoch)
+        updates, opt_state = tx.update(_zero_leaves(grads, frozen), state.opt_state, state.params)
+        updates = _zero_leaves(updates, frozen)
         params = optax.apply_updates(state.params, updates)
 
         decay = ema_decay_schedule(ema_base_decay, state.step, total_steps)
         target_params = ema_update(state.target_params, params, decay) if method.ema_target else {}
-        loss_state = {k: lax.pmean(aux[k], axis_name) for k in method.loss_state_keys}
+        loss_state = {k: lax.pmean(aux[k], axis_name) for k in state.loss_state}
 
         features = lax.stop_gradient(jnp.concatenate([feat1, feat2]))
         labels = jnp.concatenate([batch["label"], batch["label"]])

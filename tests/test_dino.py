@@ -407,3 +407,52 @@ def test_head_init_scales():
     v = np.asarray(params["last_layer_v"])
     assert np.abs(v).max() <= 1 / np.sqrt(64) and np.abs(v).max() > 0.95 / np.sqrt(64)
     np.testing.assert_allclose(np.std(v), 1 / np.sqrt(3 * 64), rtol=0.02)
+
+
+# ----------------------------------------------------------------------------
+# DINO in the train step (methods.METHODS['dino'], configs/dino_cifar.py)
+# ----------------------------------------------------------------------------
+
+def _dino_run(steps, **overrides):
+    """A tiny DINO experiment (4 steps per epoch on 64 images, batch 16) run for `steps` steps; the host states
+    after each step."""
+    import helpers
+    from ssl_jax import sharding
+    from ssl_jax import train
+
+    config = helpers.tiny_config("dino_cifar", batch_size=16, steps=steps, **overrides)
+    exp = train.build_experiment(config, helpers.synthetic_dataset(num_train=64))
+    state, step_fn = exp.dp.put_state(train.initial_state(exp)), train.make_step_fn(exp)
+    states = [sharding.local_copy(exp.dp.get_state(state))]
+    for step in range(steps):
+        state, metrics = train.run_steps(exp, state, step, 1, step_fn)
+        states.append(sharding.local_copy(exp.dp.get_state(state)))
+        assert np.isfinite(float(metrics["loss"]))
+    return exp, states
+
+
+def test_dino_freezes_its_prototypes_for_the_first_epoch_and_centres_the_teacher():
+    exp, states = _dino_run(6)
+    assert exp.steps_per_epoch == 4
+    last = [s.params["projector"]["last_layer_v"] for s in states]
+    for step in range(1, 5):  # steps 0-3 are the first epoch: the prototypes do not move
+        np.testing.assert_array_equal(last[step], last[0])
+    assert not np.array_equal(last[6], last[4])  # from step 4 on they train
+    first_layer = [s.params["projector"]["linear1"]["kernel"] for s in states]
+    assert not np.array_equal(first_layer[1], first_layer[0])  # the rest of the head trains from step 0
+    centers = [s.loss_state["center"] for s in states]
+    assert centers[0].shape == (exp.config.model.num_prototypes,) and not centers[0].any()
+    assert all(np.abs(c).sum() > 0 for c in centers[1:])
+
+
+@pytest.mark.parametrize("method, prototypes, message", [
+    ("dino_cifar", 0, "scores prototypes: set it > 0"),
+    ("simclr_cifar", 64, "has no prototype head: set it to 0"),
+])
+def test_prototypes_and_method_must_agree(method, prototypes, message):
+    import helpers
+    from ssl_jax import train
+
+    config = helpers.tiny_config(method, **{"model.num_prototypes": prototypes})
+    with pytest.raises(ValueError, match=message):
+        train.build_experiment(config, helpers.synthetic_dataset())
