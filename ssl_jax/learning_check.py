@@ -211,7 +211,8 @@ def check_method(method, dataset, margin=DEFAULT_MARGIN, steps=DEFAULT_STEPS, wi
     state, losses, initial_rank = train_logged(exp, state, train.make_step_fn(exp), print_fn=print_fn)
     trained = train.evaluate_state(exp, state)
     gain = trained["knn_top1"] - baseline["knn_top1_random_init"]
-    failure = verdict(losses, gain, config.model.projection_dim, margin)
+    output_dim = config.model.num_prototypes or config.model.projection_dim  # DINO's 'projection': prototype scores
+    failure = verdict(losses, gain, output_dim, margin)
     return {
         "method": method, "steps": steps, "width": width,
         "knn_top1": trained["knn_top1"], "linear_top1": trained["linear_top1"],

@@ -73,7 +73,10 @@ LATER_LOSS_RTOL = (1e-4, 2e-3, 5e-2)  # steps 1, 2, 3
 # its invariance does not improve in 24 steps and its contrast, now weakly weighted, drifts up (0.20 -> 0.26
 # fill-corrected); at rho 8 that contrast fell here while the method failed on real data, so the toy trend says
 # little either way. (VICReg+TiCo was exempt too until its contrast took VICReg's 1/D; its loss falls here now.)
-NO_FALLING_LOSS_ON_TOY = ("tico_cifar",)
+# DINO's loss is a cross-entropy to a moving target (the EMA teacher, re-centred and sharpened every step): on these
+# toy steps it rises (8.65 -> 9.32 over 24 steps, log K = 8.32), while on real data it falls and the backbone
+# gains 5.4 kNN points in 120 steps (the learning check, docs/learning_check.md).
+NO_FALLING_LOSS_ON_TOY = ("tico_cifar", "dino_cifar")
 
 
 def _assert_losses_follow(values, reference):
