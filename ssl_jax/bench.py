@@ -120,12 +120,12 @@ def bench_step(exp, steps, warmup, ready_views=False):
 
 
 def _mapped_augmentation(exp):
-    """The step's augmentation (both views, normalised) as its own mapped, jitted function of a placed batch."""
+    """The step's augmentation (every crop, normalised) as its own mapped, jitted function of a placed batch."""
     import jax
     from ssl_jax import train, train_step
 
-    cfgs, key = train.view_configs(exp.config), jax.random.key(0)
-    return exp.dp.map_batch_fn(lambda batch: train_step.augmented_views(key, batch, cfgs))
+    groups, key = train.crop_groups(exp.config), jax.random.key(0)
+    return exp.dp.map_batch_fn(lambda batch: train_step.augmented_crops(key, batch, groups))
 
 
 def bench_augment(exp, steps, warmup):

@@ -34,6 +34,15 @@ def view_config(color_strength=SIMCLR_CIFAR_COLOR_STRENGTH, blur_prob=0.0, solar
     ))
 
 
+def local_crops_config(count, crop_size=16, crop_scale=(0.05, 0.4), **view):
+    """`count` local crops of `crop_size` pixels covering `crop_scale` of the image (DINO's multi-crop: 96 px crops
+    of (0.05, 0.4) at 224 beside 224 px global crops of (0.4, 1.0); main_dino.py local_crops_scale)."""
+    local = view_config(crop_size=crop_size, **view)
+    local.crop_scale = tuple(crop_scale)
+    local.count = count
+    return local
+
+
 def byol_view_config(blur_prob=0.0, solarize_prob=0.0, crop_scale=(0.08, 1.0)):
     """BYOL's view (table 6: jitter 0.4/0.4/0.2/0.1 with p=0.8, grayscale p=0.2), as in solo-learn's CIFAR
     recipes; blur and solarize probabilities are what differ between the two views."""
@@ -110,7 +119,11 @@ def base_config():
         prefetch=2,                  # batches placed on the devices ahead of the step
     ))
 
-    config.augment = ml_collections.ConfigDict(dict(view1=view_config(), view2=view_config()))
+    # Crops 0 and 1 are the two global views; local_crops adds `count` smaller crops for the methods that take
+    # them (multi-crop: DINO, SwAV), seen by the student only. Its view settings are SimCLR's at 16 px until a
+    # method's config sets its own.
+    config.augment = ml_collections.ConfigDict(dict(view1=view_config(), view2=view_config(),
+                                                    local_crops=local_crops_config(count=0)))
 
     config.model = ml_collections.ConfigDict(dict(
         name="resnet18",             # resnet18/34/50/101/152, or vit_tiny/vit_small/vit_base (DeiT's sizes, vit.py)
@@ -132,6 +145,8 @@ def base_config():
         vit_depth=0,                 # ViT: 0 = the name's 12 blocks; n = n blocks (small test networks)
         num_prototypes=0,            # > 0: DINO's head as the projector (projection_dim its bottleneck)
         dino_head_bn=False,          # BatchNorm in DINO's head (official and solo-learn use_bn_in_head: False)
+        joint_batch_norm=False,      # the crops of one size share BatchNorm statistics in the step (official
+                                     # SimCLR: the concatenated 2N batch); False: each crop its own (BYOL, VICReg)
     ))
 
     config.loss = ml_collections.ConfigDict(dict(temperature=0.5))  # SimCLR CIFAR-10: tau = 0.5

@@ -1,103 +1,165 @@
-"""The method registry: what each method needs around its pure loss.
+"""The method protocol: what a method declares around its pure loss, and the registry of methods.
 
-A method is one entry here: its loss adapter (which network outputs go into which loss), whether the network has
-a predictor or DINO's prototype head, whether an EMA target network is kept, what loss state it carries between
-steps and which parameters stay frozen at the start. The train step is written once against this description;
-adding a method is one loss in `losses.py`, one entry here and one config file.
+A method is one `Method` here: which crops the online network (the student) and the EMA target (the teacher)
+see, whether it takes local crops beyond the two global views, which heads the network has, the state it carries
+between steps and how each part of that state crosses devices, which parameters stay frozen at the start, and its
+loss. The train step (`train_step.make_per_device_step`) is written once against this description; adding a
+method is one loss in `losses.py`, one entry here and one config file (docs/architecture.md, "Adding a method",
+works DINO through as the example).
 
-A loss adapter is called as `adapter(online, target, loss_state, context, **config.loss)` where `online` and
-`target` are pairs (view 1, view 2) of the network's output dicts ('features', 'projection', optionally
-'prediction'); `target` is None for methods without an EMA target; `context` is the step's `StepContext`. It
-returns `(loss, aux)`; for every key of the loss state, `aux[key]` is the new value carried to the next step,
-averaged over devices (it is computed from gathered or averaged batch statistics, so every device holds the same).
+Crops. The config gives the crops' settings: crop 0 and crop 1 are the two global views
+(`config.augment.view1`, `view2`), crops 2.. the `config.augment.local_crops.count` local crops. The step
+computes only the crops somebody sees and runs the network once per crop size.
+
+The loss is called as `loss(student, teacher, state, context, **config.loss)`:
+- `student`, `teacher`: tuples with one entry per crop, the network's output dict ('features', 'projection',
+  'prediction' where there is a predictor) for the crops that network sees and None for the others (`teacher` is
+  None without an EMA target; its outputs are stop-gradient);
+- `state`: the method's state (a dict of arrays) as this device holds it;
+- `context`: a `StepContext` (axis name, step, steps per epoch, a key of the loss's own, this device's batch).
+It returns `(loss, metrics, new_state)`: the scalar to minimise, a dict of diagnostics (its scalars are averaged
+over devices and logged) and the state for the next step.
+
+State crosses devices by the rule the method states for each key (`state_rules`):
+- AVERAGED: the step takes `lax.pmean` of the new value, so every device holds the same (DINO's centre, TiCo's
+  running covariance; both are computed from global batch statistics already, the mean keeps them bit-identical);
+- PER_DEVICE: never reduced; the train state holds one copy per device stacked along a leading device axis
+  (sharded over the mesh, `P('batch')`), and the loss sees its own copy (a queue of past outputs: SwAV, MoCo v2,
+  NNCLR). Checkpoints hold every device's copy, so a run resumes on the same device count.
 """
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Optional
 
 import jax.numpy as jnp
 
 from ssl_jax import losses
 
+AVERAGED = "averaged"
+PER_DEVICE = "per_device"
+STATE_RULES = (AVERAGED, PER_DEVICE)
+GLOBAL_CROPS = (0, 1)
+
 
 @dataclasses.dataclass(frozen=True)
 class StepContext:
-    """What a loss adapter may read besides the network outputs: the mesh axis to reduce over, the step number
-    (a traced int) and the steps per epoch (for schedules counted in epochs)."""
+    """What a loss may read besides the network outputs and its state: the mesh axis to reduce over, the step
+    number (a traced int), the steps per epoch (for schedules counted in epochs), a random key of the loss's own
+    (the step's key folded with a constant: per-example randomness should fold in batch['global_index'] as the
+    augmentation does), and this device's slice of the batch (uint8 'image', 'label', 'global_index')."""
     axis_name: Any
     step: Any
     steps_per_epoch: int
+    key: Any = None
+    batch: Any = None
 
 
-def _no_loss_state(output_dim):
+def _no_state(output_dim):
     return {}
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
+    """A method's declaration; see the module docstring for the loss's signature."""
     loss: Callable
+    student_crops: Optional[tuple] = None  # crop indices the online network sees; None: every crop
+    teacher_crops: tuple = GLOBAL_CROPS    # crop indices the EMA target sees (with ema_target)
+    local_crops: bool = False              # takes config.augment.local_crops (multi-crop) besides the two views
     predictor: bool = False
-    prototypes: bool = False           # the projector is DINO's head (config.model.num_prototypes > 0)
+    prototypes: bool = False               # the projector is DINO's head (config.model.num_prototypes > 0)
     ema_target: bool = False
-    initial_loss_state: Callable = _no_loss_state   # output_dim -> {name: array}
-    frozen_at_start: tuple = ()        # ((parameter path, epochs), ...): not updated during those first epochs
+    initial_state: Callable = _no_state    # output_dim -> {name: array}: one device's state before the first step
+    state_rules: Mapping[str, str] = dataclasses.field(default_factory=dict)  # {name: AVERAGED | PER_DEVICE}
+    frozen_at_start: tuple = ()            # ((parameter path, epochs), ...): not updated during those first epochs
 
-    def init_loss_state(self, output_dim):
-        """The loss state before the first step, for network outputs ('projection') of `output_dim` values."""
-        return self.initial_loss_state(output_dim)
+    def __post_init__(self):
+        bad = {k: v for k, v in self.state_rules.items() if v not in STATE_RULES}
+        if bad:
+            raise ValueError(f"state rules {bad} are not known; use one of {STATE_RULES}.")
 
+    def crops_seen(self, num_crops):
+        """(student crop indices, teacher crop indices) for `num_crops` crops (teacher: () without a target)."""
+        student = tuple(range(num_crops)) if self.student_crops is None else tuple(self.student_crops)
+        return student, tuple(self.teacher_crops) if self.ema_target else ()
 
-def _simclr(online, target, loss_state, context, temperature=0.5):
-    return losses.nt_xent(online[0]["projection"], online[1]["projection"], temperature, axis_name=context.axis_name)
-
-
-def _byol(online, target, loss_state, context):
-    return losses.byol_loss(online[0]["prediction"], online[1]["prediction"],
-                            target[0]["projection"], target[1]["projection"], axis_name=context.axis_name)
-
-
-def _vicreg(online, target, loss_state, context, **coeffs):
-    return losses.vicreg_loss(online[0]["projection"], online[1]["projection"], axis_name=context.axis_name, **coeffs)
-
-
-def _tico(online, target, loss_state, context, **coeffs):
-    """TiCo: view 1 through the online network, view 2 through the EMA target (Zhu et al. 2022)."""
-    return losses.tico_loss(online[0]["projection"], target[1]["projection"], loss_state["cov"],
-                            axis_name=context.axis_name, **coeffs)
-
-
-def _vicreg_tico(online, target, loss_state, context, **coeffs):
-    return losses.vicreg_tico_loss(online[0]["projection"], online[1]["projection"], loss_state["cov"],
-                                   axis_name=context.axis_name, **coeffs)
+    def init_state(self, output_dim, num_devices=1):
+        """The state before the first step, for outputs ('projection') of `output_dim` values; each PER_DEVICE
+        part stacked `num_devices` times along a new leading axis. Fails on a key without a stated rule."""
+        state = self.initial_state(output_dim)
+        missing = sorted(set(state) - set(self.state_rules))
+        if missing:
+            raise ValueError(f"the method's state {missing} has no cross-device rule; state one of {STATE_RULES} "
+                             "for each key in Method.state_rules.")
+        return {k: jnp.stack([v] * num_devices) if self.state_rules[k] == PER_DEVICE else v
+                for k, v in state.items()}
 
 
-def _barlow(online, target, loss_state, context, **coeffs):
-    return losses.barlow_twins_loss(online[0]["projection"], online[1]["projection"], axis_name=context.axis_name,
-                                    **coeffs)
-
-
-def _simsiam(online, target, loss_state, context):
-    return losses.simsiam_loss(online[0]["prediction"], online[1]["prediction"],
-                               online[0]["projection"], online[1]["projection"], axis_name=context.axis_name)
-
-
-def _moco_v3(online, target, loss_state, context, temperature=0.2):
-    return losses.moco_v3_loss(online[0]["prediction"], online[1]["prediction"],
-                               target[0]["projection"], target[1]["projection"], temperature,
+def _simclr(student, teacher, state, context, temperature=0.5):
+    loss, aux = losses.nt_xent(student[0]["projection"], student[1]["projection"], temperature,
                                axis_name=context.axis_name)
+    return loss, aux, state
 
 
-def _dino(online, target, loss_state, context, student_temperature=0.1, teacher_temperature=0.07,
+def _byol(student, teacher, state, context):
+    loss, aux = losses.byol_loss(student[0]["prediction"], student[1]["prediction"],
+                                 teacher[0]["projection"], teacher[1]["projection"], axis_name=context.axis_name)
+    return loss, aux, state
+
+
+def _vicreg(student, teacher, state, context, **coeffs):
+    loss, aux = losses.vicreg_loss(student[0]["projection"], student[1]["projection"], axis_name=context.axis_name,
+                                   **coeffs)
+    return loss, aux, state
+
+
+def _tico(student, teacher, state, context, **coeffs):
+    """TiCo (Zhu et al. 2022): view 1 through the online network, view 2 through the EMA target; nothing else is
+    computed (the method declares student crop 0 and teacher crop 1)."""
+    loss, aux = losses.tico_loss(student[0]["projection"], teacher[1]["projection"], state["cov"],
+                                 axis_name=context.axis_name, **coeffs)
+    cov = aux.pop("cov")
+    return loss, aux, {"cov": cov}
+
+
+def _vicreg_tico(student, teacher, state, context, **coeffs):
+    loss, aux = losses.vicreg_tico_loss(student[0]["projection"], student[1]["projection"], state["cov"],
+                                        axis_name=context.axis_name, **coeffs)
+    cov = aux.pop("cov")
+    return loss, aux, {"cov": cov}
+
+
+def _barlow(student, teacher, state, context, **coeffs):
+    loss, aux = losses.barlow_twins_loss(student[0]["projection"], student[1]["projection"],
+                                         axis_name=context.axis_name, **coeffs)
+    return loss, aux, state
+
+
+def _simsiam(student, teacher, state, context):
+    loss, aux = losses.simsiam_loss(student[0]["prediction"], student[1]["prediction"],
+                                    student[0]["projection"], student[1]["projection"], axis_name=context.axis_name)
+    return loss, aux, state
+
+
+def _moco_v3(student, teacher, state, context, temperature=0.2):
+    loss, aux = losses.moco_v3_loss(student[0]["prediction"], student[1]["prediction"],
+                                    teacher[0]["projection"], teacher[1]["projection"], temperature,
+                                    axis_name=context.axis_name)
+    return loss, aux, state
+
+
+def _dino(student, teacher, state, context, student_temperature=0.1, teacher_temperature=0.07,
           warmup_teacher_temperature=0.04, warmup_teacher_temperature_epochs=50.0, center_momentum=0.9):
-    """DINO (Caron et al. 2021): the student's prototype scores of both views against the EMA teacher's, the
-    teacher's sharpened by a temperature warmed up per step over the first epochs and centred by the running
-    centre in the loss state."""
+    """DINO (Caron et al. 2021): the student's prototype scores of every crop (the two global crops, then the
+    local ones) against the EMA teacher's of the two global crops, the teacher's sharpened by a temperature warmed
+    up per step over the first epochs and centred by the running centre in the state."""
     temperature = losses.dino_teacher_temperature(
         context.step, warmup_teacher_temperature_epochs * context.steps_per_epoch, warmup_teacher_temperature,
         teacher_temperature)
-    loss, aux = losses.dino_loss(jnp.stack([out["projection"] for out in online]),
-                                 jnp.stack([out["projection"] for out in target]), loss_state["center"],
-                                 student_temperature, temperature, center_momentum, axis_name=context.axis_name)
-    return loss, dict(aux, teacher_temperature=temperature)
+    loss, aux = losses.dino_loss(jnp.stack([out["projection"] for out in student]),
+                                 jnp.stack([out["projection"] for out in teacher if out is not None]),
+                                 state["center"], student_temperature, temperature, center_momentum,
+                                 axis_name=context.axis_name)
+    center = aux.pop("center")
+    return loss, dict(aux, teacher_temperature=temperature), {"center": center}
 
 
 def _running_covariance(output_dim):
@@ -114,12 +176,14 @@ METHODS = {
     "simclr": Method(_simclr),
     "byol": Method(_byol, predictor=True, ema_target=True),
     "vicreg": Method(_vicreg),
-    "tico": Method(_tico, ema_target=True, initial_loss_state=_running_covariance),
-    "vicreg_tico": Method(_vicreg_tico, initial_loss_state=_running_covariance),
+    "tico": Method(_tico, student_crops=(0,), teacher_crops=(1,), ema_target=True,
+                   initial_state=_running_covariance, state_rules={"cov": AVERAGED}),
+    "vicreg_tico": Method(_vicreg_tico, initial_state=_running_covariance, state_rules={"cov": AVERAGED}),
     "barlow_twins": Method(_barlow),
     "simsiam": Method(_simsiam, predictor=True),
     "moco_v3": Method(_moco_v3, predictor=True, ema_target=True),
-    "dino": Method(_dino, prototypes=True, ema_target=True, initial_loss_state=_dino_center,
+    "dino": Method(_dino, local_crops=True, prototypes=True, ema_target=True, initial_state=_dino_center,
+                   state_rules={"center": AVERAGED},
                    frozen_at_start=((("projector", "last_layer_v"), 1.0),)),  # official freeze_last_layer=1
 }
 

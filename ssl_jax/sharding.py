@@ -10,12 +10,17 @@ cross-replica BatchNorm, gathered negatives and batch statistics in the losses).
   on several hosts (each process feeds its own shard through `jax.make_array_from_process_local_data`).
 - 'pmap': `jax.pmap(step, axis_name=AXIS)` over the local devices; the state carries a leading device axis.
 
+A method's per-device state (a queue: `methods.PER_DEVICE`) is the exception to "replicated": `state_specs` marks
+it `P(AXIS)`; it is stored with a leading axis of one copy per device, sharded over the mesh, and each device's
+step sees its own copy (with a device axis of length 1) in either mode.
+
 shard_map runs with `check_vma=False`, pmap's semantics: `jax.grad` inside the step gives each device the gradient
 of its own loss, and the step's `lax.pmean` averages them. (With `check_vma=True` the gradient of a replicated
 parameter comes back already summed over devices, so the same step would train with an n-times larger gradient.)
 """
 import collections
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
@@ -64,6 +69,7 @@ class DataParallel:
     """Places state and batches on the devices and maps a per-device step, in either mode."""
     mesh: Mesh
     mode: str = "shard_map"
+    state_specs: Any = P()   # a spec prefix of the train state: P() replicated, P(AXIS) one copy per device
 
     def __post_init__(self):
         if self.mode not in PARALLEL_MODES:
@@ -84,8 +90,8 @@ class DataParallel:
         donate = (0,) if donate_state else ()
         if self.mode == "pmap":
             return jax.pmap(per_device_step, axis_name=AXIS, devices=self.local_devices, donate_argnums=donate)
-        mapped = jax.shard_map(per_device_step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
-                               check_vma=False)
+        mapped = jax.shard_map(per_device_step, mesh=self.mesh, in_specs=(self.state_specs, P(AXIS)),
+                               out_specs=(self.state_specs, P()), check_vma=False)
         return jax.jit(mapped, donate_argnums=donate)
 
     def map_batch_fn(self, per_device_fn, out_sharded=True):
@@ -96,18 +102,25 @@ class DataParallel:
         return jax.jit(jax.shard_map(per_device_fn, mesh=self.mesh, in_specs=P(AXIS), out_specs=out_spec,
                                      check_vma=False))
 
+    def _map_specs(self, fn, state):
+        """fn(spec, leaf) over the state's leaves, each with the spec that `state_specs` gives its subtree."""
+        return jax.tree.map(lambda spec, sub: jax.tree.map(lambda x: fn(spec, x), sub), self.state_specs, state,
+                            is_leaf=lambda x: isinstance(x, P))
+
     def put_state(self, state):
-        """Replicates a host/single-device state on every device of the mesh."""
+        """A host/single-device state on the mesh: replicated on every device, but per-device parts (leading
+        axis: one copy per device) split over the devices."""
         if self.mode == "pmap":
             n = len(self.local_devices)
-            return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
-        sharding = NamedSharding(self.mesh, P())
-        return jax.tree.map(lambda x: _put_replicated(x, sharding), state)
+            return self._map_specs(
+                lambda spec, x: np.reshape(np.asarray(x), (n, 1) + np.shape(x)[1:]) if spec != P()
+                else np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
+        return self._map_specs(lambda spec, x: _put_replicated(x, NamedSharding(self.mesh, spec)), state)
 
     def get_state(self, state):
-        """The replicated state as one copy (global arrays with a replicated sharding in shard_map mode)."""
+        """The state as one copy (global arrays in shard_map mode), per-device parts with their device axis."""
         if self.mode == "pmap":
-            return jax.tree.map(lambda x: x[0], state)
+            return self._map_specs(lambda spec, x: x.reshape((-1,) + x.shape[2:]) if spec != P() else x[0], state)
         return state
 
     def put_batch(self, local_batch):
@@ -140,6 +153,11 @@ def local_copy(tree, copy=True):
     `copy=True` makes a real copy: on the CPU backend `np.asarray` can alias the device buffer, which the next
     step's donation then overwrites. `copy=False` is for arrays no step will donate (a checkpoint's snapshot)."""
     def to_host(x):
+        if not x.is_fully_replicated:  # a per-device part: every device's copy
+            if x.is_fully_addressable:
+                return np.array(x, copy=True)
+            from jax.experimental import multihost_utils
+            return np.array(multihost_utils.process_allgather(x, tiled=True), copy=True)
         return np.array(x.addressable_data(0), copy=True) if copy else np.asarray(x.addressable_data(0))
 
     return jax.tree.map(lambda x: to_host(x) if isinstance(x, jax.Array) else x, tree)

@@ -81,12 +81,29 @@ def check_method_config(config, method):
                          f"{model.projection_dim}).")
 
 
+def check_crops(config, method):
+    """Fails at start on crops the method cannot use or the backbone cannot embed."""
+    groups = crop_groups(config)
+    if len(groups) > 2 and not method.local_crops:
+        raise ValueError(f"config.augment.local_crops.count={config.augment.local_crops.count}, but "
+                         f"{config.method!r} compares the two global views only (no multi-crop); set it to 0.")
+    patch = config.model.patch_size
+    if config.model.name.startswith("vit"):
+        for name, group in zip(("view1", "view2", "local_crops"), groups):
+            if group.crop_size % patch:
+                raise ValueError(f"config.augment.{name}.crop_size={group.crop_size} is not a multiple of "
+                                 f"config.model.patch_size={patch}; the ViT cuts crops into whole patches: use a "
+                                 f"crop size of {max(1, round(group.crop_size / patch)) * patch} or another patch.")
+
+
 def build_experiment(config, dataset=None):
     """Builds data, mesh, network, method and optimizers from the config; fails fast on a bad setting."""
-    dp = sharding.DataParallel(sharding.make_mesh(config.num_devices), config.parallel)
-    sharding.check_batch_size(config.batch_size, dp.num_devices, jax.process_count())
     method = methods.get_method(config.method)
     check_method_config(config, method)
+    check_crops(config, method)
+    dp = sharding.DataParallel(sharding.make_mesh(config.num_devices), config.parallel,
+                               state_specs=train_step.state_partition(method))
+    sharding.check_batch_size(config.batch_size, dp.num_devices, jax.process_count())
     if dataset is None:
         dataset = data.load_dataset(config.data.name, path=config.data.path or None,
                                     cache_dir=config.data.cache_dir or None,
@@ -108,23 +125,28 @@ def initial_state(exp):
     crop = config.augment.view1.crop_size
     return train_step.create_train_state(
         jax.random.key(config.seed), exp.net, exp.probe, exp.method, exp.tx, exp.probe_tx,
-        (crop, crop, image_shape[2]))
+        (crop, crop, image_shape[2]), num_devices=exp.dp.num_devices)
 
 
-def view_configs(config):
-    """The two views' augmentation settings (config.augment.view1 and view2) as augment.ViewConfig."""
-    return (augment.view_config_from_dict(config.augment.view1),
-            augment.view_config_from_dict(config.augment.view2))
+def crop_groups(config):
+    """The crops the step makes: the two global views (config.augment.view1 and view2, crops 0 and 1), then
+    config.augment.local_crops.count local crops with their own settings, as `augment.CropGroup`s."""
+    groups = [augment.CropGroup(1, augment.view_config_from_dict(config.augment.view1)),
+              augment.CropGroup(1, augment.view_config_from_dict(config.augment.view2))]
+    local = config.augment.get("local_crops")
+    if local is not None and local.count:
+        groups.append(augment.crop_group_from_dict(local))
+    return tuple(groups)
 
 
 def make_step_fn(exp, ready_views=False):
-    """The mapped train step; with `ready_views` it takes batches of ready views (see make_per_device_step)."""
+    """The mapped train step; with `ready_views` it takes batches of ready crops (see make_per_device_step)."""
     config = exp.config
     per_device_step = train_step.make_per_device_step(
         net=exp.net, probe=exp.probe, method=exp.method, tx=exp.tx, probe_tx=exp.probe_tx, schedule=exp.schedule,
-        view_configs=None if ready_views else view_configs(config),
-        loss_kwargs=dict(config.loss), ema_base_decay=config.ema.base_decay, total_steps=exp.total_steps,
-        steps_per_epoch=exp.steps_per_epoch)
+        crop_groups=None if ready_views else crop_groups(config), loss_kwargs=dict(config.loss),
+        ema_base_decay=config.ema.base_decay, total_steps=exp.total_steps, steps_per_epoch=exp.steps_per_epoch,
+        joint_batch_norm=config.model.get("joint_batch_norm", False))
     return exp.dp.map_step(per_device_step)
 
 

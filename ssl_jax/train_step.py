@@ -20,6 +20,7 @@ from jax import lax
 from ssl_jax import augment
 from ssl_jax import methods
 from ssl_jax.sharding import AXIS
+from jax.sharding import PartitionSpec as P
 
 
 @flax.struct.dataclass
@@ -48,8 +49,9 @@ def ema_update(target, online, decay):
     return jax.tree.map(lambda t, o: decay * t + (1.0 - decay) * o, target, online)
 
 
-def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape):
-    """Initialises every slot of the state on the host's default device."""
+def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape, num_devices=1):
+    """Initialises every slot of the state on the host's default device; the method's PER_DEVICE state holds
+    `num_devices` copies."""
     init_key, probe_key, state_key = jax.random.split(rng, 3)
     dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
     variables = jax.jit(functools.partial(net.init, train=False))(init_key, dummy)
@@ -65,27 +67,45 @@ def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape):
         opt_state=tx.init(params),
         target_params=jax.tree.map(jnp.copy, params) if has_target else {},
         target_batch_stats=jax.tree.map(jnp.copy, batch_stats) if has_target else {},
-        loss_state=method.init_loss_state(outputs["projection"].shape[-1]),
+        loss_state=method.init_state(outputs["projection"].shape[-1], num_devices),
         probe_params=probe_params,
         probe_opt_state=probe_tx.init(probe_params),
         rng=jax.random.key_data(state_key),
     )
 
 
-def forward_views(net, params, batch_stats, views, use_predictor=True):
-    """Both views through the network in train mode as one stacked batch, each view with its own BatchNorm
-    statistics (as BYOL, VICReg and Barlow Twins do) and the running averages updated view after view.
+def state_partition(method):
+    """How the train state lies on the mesh, as a `shard_map` spec prefix: replicated (P()), but for the method's
+    PER_DEVICE state, sharded along its leading device axis (P(AXIS))."""
+    if methods.PER_DEVICE not in method.state_rules.values():
+        return P()
+    loss_state = {k: P(AXIS) if rule == methods.PER_DEVICE else P() for k, rule in method.state_rules.items()}
+    return TrainState(step=P(), params=P(), batch_stats=P(), opt_state=P(), target_params=P(),
+                      target_batch_stats=P(), loss_state=loss_state, probe_params=P(), probe_opt_state=P(), rng=P())
 
-    It computes what one call per view would, but runs every convolution once over both views, so each weight
-    gradient is one convolution and the network compiles once (why that is faster, and the alternatives
-    measured: docs/benchmarks.md, "Both views in one batch, per-view BatchNorm").
+
+def forward_crops(net, params, batch_stats, crops, indices, use_predictor=True, joint_batch_norm=False):
+    """The crops `indices` of `crops` through the network in train mode, once per crop size: the crops of one size
+    go as one stacked batch, each crop with its own BatchNorm statistics (as BYOL, VICReg and Barlow Twins do;
+    `joint_batch_norm`: one set over the stacked crops, as the official SimCLR normalises its 2N batch), the
+    running averages updated crop after crop. Returns (a tuple with each crop's output dict, None for crops not
+    in `indices`; the new batch_stats).
+
+    One call per size computes what one call per crop would, but runs every convolution once over the crops, so
+    each weight gradient is one convolution and the network compiles once per size (why that is faster, and the
+    alternatives measured: docs/benchmarks.md, "Both views in one batch, per-view BatchNorm").
     """
-    stacked = jnp.concatenate(views)
-    out, updates = net.apply({"params": params, "batch_stats": batch_stats}, stacked, train=True,
-                             use_predictor=use_predictor, num_views=len(views), mutable=["batch_stats"])
-    per_view = {key: jnp.split(value, len(views)) for key, value in out.items()}
-    outputs = tuple({key: parts[i] for key, parts in per_view.items()} for i in range(len(views)))
-    return outputs, updates["batch_stats"]
+    outputs = [None] * len(crops)
+    for size in dict.fromkeys(crops[i].shape[1:3] for i in indices):
+        group = [i for i in indices if crops[i].shape[1:3] == size]
+        out, updates = net.apply({"params": params, "batch_stats": batch_stats}, jnp.concatenate([crops[i] for i in group]),
+                                 train=True, use_predictor=use_predictor,
+                                 num_views=1 if joint_batch_norm else len(group), mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+        per_crop = {key: jnp.split(value, len(group)) for key, value in out.items()}
+        for j, i in enumerate(group):
+            outputs[i] = {key: parts[j] for key, parts in per_crop.items()}
+    return tuple(outputs), batch_stats
 
 
 def _probe_loss(probe, probe_params, features, labels):
@@ -126,39 +146,68 @@ def step_key(state):
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
-def augmented_views(key, batch, view_configs):
-    """Two normalised views of the uint8 batch['image'], each example's randomness from `key` and its global
-    batch['global_index'] (so the views do not depend on how the batch is split over devices)."""
-    views = augment.two_views(key, batch["image"], batch["global_index"], *view_configs)
-    return tuple(augment.normalize(v) for v in views)
+LOSS_KEY_ID = 1 << 20  # the loss's key: the step key folded with an id no crop uses (crops are 0, 1, 2, ...)
 
 
-def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_configs, loss_kwargs,
-                         ema_base_decay, total_steps, steps_per_epoch, axis_name=AXIS):
+def augmented_crops(key, batch, groups):
+    """Every crop of the uint8 batch['image'], normalised, as one tuple (crop 0, crop 1, then the local crops),
+    each example's randomness from `key`, the crop's number and its global batch['global_index'] (so the crops
+    do not depend on how the batch is split over devices: `augment.multi_crop`)."""
+    per_group = augment.multi_crop(key, batch["image"], batch["global_index"], groups)
+    return tuple(augment.normalize(crops[i]) for crops in per_group for i in range(crops.shape[0]))
+
+
+def _local_state(method, state):
+    """The method's state as this device holds it: a PER_DEVICE part without its (length-1) device axis."""
+    return {k: v[0] if method.state_rules[k] == methods.PER_DEVICE else v for k, v in state.items()}
+
+
+def _carried_state(method, new_state, axis_name):
+    """The loss's new state as the train state carries it: AVERAGED parts averaged over devices, PER_DEVICE parts
+    as they are, with their device axis back."""
+    return {k: lax.pmean(v, axis_name) if method.state_rules[k] == methods.AVERAGED else v[None]
+            for k, v in new_state.items()}
+
+
+def _probe_inputs(student, batch):
+    """The online probe's inputs: stop-gradient backbone features of the global crops the student saw, with their
+    labels."""
+    seen = [out["features"] for out in student[:len(methods.GLOBAL_CROPS)] if out is not None]
+    return lax.stop_gradient(jnp.concatenate(seen)), jnp.concatenate([batch["label"]] * len(seen))
+
+
+def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, crop_groups, loss_kwargs,
+                         ema_base_decay, total_steps, steps_per_epoch, joint_batch_norm=False, axis_name=AXIS):
     """Builds `per_device_step(state, batch)`; `batch` holds uint8 'image', int 'label' and 'global_index' (each
-    example's position in the global batch).
+    example's position in the global batch). `crop_groups`: `augment.CropGroup`s, the two global views first.
 
-    With `view_configs=None` the batch brings its two views ready ('views', normalised float arrays) instead of
-    'image' and 'global_index': the step without its augmentation, as `ssl_jax.bench --part=views` times it to compare
-    with a reference step timed on ready views."""
+    With `crop_groups=None` the batch brings its crops ready ('views', normalised float arrays) instead of
+    'image' and 'global_index': the step without its augmentation, as `ssl_jax.bench --part=views` times it to
+    compare with a reference step timed on ready views."""
 
     def per_device_step(state, batch):
-        views = batch["views"] if view_configs is None else augmented_views(step_key(state), batch, view_configs)
+        key = step_key(state)
+        crops = tuple(batch["views"]) if crop_groups is None else augmented_crops(key, batch, crop_groups)
+        student_crops, teacher_crops = method.crops_seen(len(crops))
 
-        target_outputs, target_batch_stats = None, state.target_batch_stats
+        teacher, target_batch_stats = None, state.target_batch_stats
         if method.ema_target:
-            target_outputs, target_batch_stats = forward_views(
-                net, state.target_params, state.target_batch_stats, views, use_predictor=False)
-            target_outputs = lax.stop_gradient(target_outputs)
+            teacher, target_batch_stats = forward_crops(net, state.target_params, state.target_batch_stats, crops,
+                                                        teacher_crops, False, joint_batch_norm)
+            teacher = lax.stop_gradient(teacher)
 
-        context = methods.StepContext(axis_name=axis_name, step=state.step, steps_per_epoch=steps_per_epoch)
+        context = methods.StepContext(axis_name=axis_name, step=state.step, steps_per_epoch=steps_per_epoch,
+                                      key=jax.random.fold_in(key, LOSS_KEY_ID), batch=batch)
+        method_state = _local_state(method, state.loss_state)
 
         def loss_fn(params):
-            online, batch_stats = forward_views(net, params, state.batch_stats, views)
-            loss, aux = method.loss(online, target_outputs, state.loss_state, context, **loss_kwargs)
-            return loss, (aux, batch_stats, online[0]["features"], online[1]["features"])
+            student, batch_stats = forward_crops(net, params, state.batch_stats, crops, student_crops, True,
+                                                 joint_batch_norm)
+            loss, aux, new_state = method.loss(student, teacher, method_state, context, **loss_kwargs)
+            return loss, (aux, new_state, batch_stats, _probe_inputs(student, batch))
 
-        (loss, (aux, batch_stats, feat1, feat2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (aux, new_state, batch_stats, (features, labels))), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
         grads = lax.pmean(grads, axis_name)
         frozen = _frozen_now(method, state.step, steps_per_epoch)
         updates, opt_state = tx.update(_zero_leaves(grads, frozen), state.opt_state, state.params)
@@ -167,10 +216,7 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_con
 
         decay = ema_decay_schedule(ema_base_decay, state.step, total_steps)
         target_params = ema_update(state.target_params, params, decay) if method.ema_target else {}
-        loss_state = {k: lax.pmean(aux[k], axis_name) for k in state.loss_state}
 
-        features = lax.stop_gradient(jnp.concatenate([feat1, feat2]))
-        labels = jnp.concatenate([batch["label"], batch["label"]])
         (probe_loss, probe_acc), probe_grads = jax.value_and_grad(_probe_loss, argnums=1, has_aux=True)(
             probe, state.probe_params, features, labels)
         probe_grads = lax.pmean(probe_grads, axis_name)
@@ -183,7 +229,8 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, view_con
             metrics["ema_decay"] = jnp.asarray(decay, jnp.float32)
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-            target_params=target_params, target_batch_stats=target_batch_stats, loss_state=loss_state,
+            target_params=target_params, target_batch_stats=target_batch_stats,
+            loss_state=_carried_state(method, new_state, axis_name),
             probe_params=optax.apply_updates(state.probe_params, probe_updates), probe_opt_state=probe_opt_state)
         return new_state, metrics
 

@@ -76,7 +76,7 @@ views = [jnp.asarray(rng.uniform(size=(32, 32, 32, 3)), dtype) for _ in range(2)
 variables = net.init(jax.random.key(0), views[0][:2], train=True)
 
 def loss_fn(params, stats):
-    (out1, out2), _ = train_step.forward_views(net, params, stats, views)
+    (out1, out2), _ = train_step.forward_crops(net, params, stats, views, (0, 1))
     return losses.nt_xent(out1["projection"], out2["projection"], temperature=0.2)[0]
 
 loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"], variables["batch_stats"])

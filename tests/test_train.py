@@ -126,8 +126,8 @@ def test_step_on_ready_views_is_the_step_without_its_augmentation():
     state, metrics = train.make_step_fn(exp)(exp.dp.put_state(train.initial_state(exp)), batch)
 
     key = train_step.step_key(train.initial_state(exp))
-    cfgs = train.view_configs(config)
-    views = exp.dp.map_batch_fn(lambda b: train_step.augmented_views(key, b, cfgs))(batch)
+    groups = train.crop_groups(config)
+    views = exp.dp.map_batch_fn(lambda b: train_step.augmented_crops(key, b, groups))(batch)
     ready_state, ready_metrics = train.make_step_fn(exp, ready_views=True)(
         exp.dp.put_state(train.initial_state(exp)), {"views": views, "label": batch["label"]})
     for got, want in zip(jax.tree.leaves(sharding.local_copy((ready_state, ready_metrics))),
