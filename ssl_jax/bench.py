@@ -52,6 +52,24 @@ def time_calls(fn, steps, warmup):
     return times
 
 
+def _timed_loop(exp, state, step_fn, placed, steps, warmup):
+    """`train.run_loop` over the placed batches in turn, each step waited for and timed; the step seconds after
+    `warmup` steps."""
+    import itertools
+
+    import jax
+    from ssl_jax import train
+
+    ends = [time.perf_counter()]
+
+    def wait_and_time(step, state, metrics):
+        jax.block_until_ready(metrics)
+        ends.append(time.perf_counter())
+
+    train.run_loop(exp, state, 0, warmup + steps, step_fn, itertools.cycle(placed), hooks=(wait_and_time,))
+    return [b - a for a, b in zip(ends[warmup:], ends[warmup + 1:])]
+
+
 def xla_flops_of(compiled):
     """FLOPs of one device's program by XLA's cost analysis (None where the backend gives none). It depends on
     the backend: XLA's GPU analysis leaves out the convolutions (issue 15); `gflops_per_step` is `flops.py`'s."""
@@ -106,14 +124,7 @@ def bench_step(exp, steps, warmup, ready_views=False):
         jax.block_until_ready(state)
         compiled = step_fn
     compile_s = time.perf_counter() - start
-    holder = {"state": state, "i": 0}
-
-    def one_step():
-        holder["state"], metrics = compiled(holder["state"], placed[holder["i"] % 2])
-        holder["i"] += 1
-        jax.block_until_ready(metrics)
-
-    times = time_calls(one_step, steps, warmup)
+    times = _timed_loop(exp, state, compiled, placed, steps, warmup)
     xla_flops = xla_flops_of(compiled) if exp.dp.mode == "shard_map" else None
     return dict(compile_s=compile_s, times=times, flops=model_flops,
                 xla_flops=xla_flops * exp.dp.num_devices if xla_flops else None)

@@ -136,26 +136,28 @@ def make_collapse_probe(exp, num_images=512):
 
 
 def train_logged(exp, state, step_fn, log_every=20, print_fn=print):
-    """Runs exp.total_steps steps from `state`; returns (state, [(step, loss, projection_std, feature_rank), ...]
-    for the steps at every `log_every`, fetched as the loop goes, initial feature rank)."""
-    from ssl_jax import sharding
+    """Runs exp.total_steps steps from `state` through `train.run_loop`; returns (state, [(step, loss,
+    projection_std, feature_rank), ...] for the steps at every `log_every`, fetched as the loop goes, initial
+    feature rank)."""
     from ssl_jax import train
 
     probe = make_collapse_probe(exp)
     initial_rank = probe(state)["feature_rank"]
     print_fn(f"  step 0: feature_rank {initial_rank:.4g}")
     losses = []
-    device_batches = sharding.prefetch(train.host_batches(exp, 0), exp.dp.put_batch, 2)
     start = time.perf_counter()
-    for step in range(1, exp.total_steps + 1):
-        state, metrics = step_fn(state, next(device_batches))
-        if step % log_every == 0 or step == exp.total_steps:
-            scalars = {k: float(v) for k, v in exp.dp.get_metrics(metrics).items()}
-            scalars.update(probe(state))
-            losses.append((step, scalars["loss"], scalars["projection_std"], scalars["feature_rank"]))
-            terms = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k not in QUIET_METRICS)
-            print_fn(f"  step {step}/{exp.total_steps}: loss {scalars['loss']:.4f}, {terms} "
-                     f"({time.perf_counter() - start:.0f} s)")
+
+    def log_line(step, state, metrics):
+        if step % log_every and step != exp.total_steps:
+            return
+        scalars = {k: float(v) for k, v in metrics.items()}
+        scalars.update(probe(state))
+        losses.append((step, scalars["loss"], scalars["projection_std"], scalars["feature_rank"]))
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k not in QUIET_METRICS)
+        print_fn(f"  step {step}/{exp.total_steps}: loss {scalars['loss']:.4f}, {terms} "
+                 f"({time.perf_counter() - start:.0f} s)")
+
+    state, _ = train.run_loop(exp, state, 0, exp.total_steps, step_fn, hooks=(log_line,))
     return state, losses, initial_rank
 
 

@@ -304,6 +304,63 @@ def _stop_preempted(exp, checkpointer, logger, step, signal_name):
     return Preempted(message, step)
 
 
+def run_loop(exp, state, start_step, end_step, step_fn=None, device_batches=None, hooks=()):
+    """The training loop, the one that `train`, the learning check, the benchmark and the tests run: steps
+    `start_step + 1 .. end_step` from `state`; after each, every hook is called as `hook(step, state, metrics)`
+    (metrics as one copy, still on the device: a hook fetches what it needs, when it needs it) and may stop the
+    loop by raising. Returns (state, the last step's metrics).
+
+    Batches are this process's share of each global batch, placed on the devices ahead of the step
+    (config.data.prefetch), unless `device_batches` gives placed batches (the benchmark reuses two)."""
+    step_fn = step_fn or make_step_fn(exp)
+    if device_batches is None:
+        device_batches = sharding.prefetch(host_batches(exp, start_step, end_step), exp.dp.put_batch,
+                                           exp.config.data.prefetch)
+    metrics = None
+    for step in range(start_step + 1, end_step + 1):
+        state, metrics = step_fn(state, next(device_batches))
+        metrics = exp.dp.get_metrics(metrics)
+        for hook in hooks:
+            hook(step, state, metrics)
+    return state, metrics
+
+
+def _training_hook(exp, workdir, checkpointer, logger, notice, last_step):
+    """`train`'s work after each step: the progress line and metrics log, checkpoints, stopping on a signal or a
+    non-finite loss or state, and the periodic kNN evaluation."""
+    config = exp.config
+    eval_every = config.eval.every_epochs * exp.steps_per_epoch
+    pending = []
+
+    def log_pending(step):
+        scalars = _fetch(pending)
+        _check_metrics(exp, checkpointer, step, scalars)
+        logger.write(step, scalars)
+        pending.clear()
+
+    def hook(step, state, metrics):
+        jax.tree.map(lambda x: x.copy_to_host_async(), metrics)
+        pending.append(metrics)
+        if step % config.log_every_steps == 0 or step == last_step:
+            log_pending(step)  # waits for the steps dispatched so far: a signal meanwhile stops at this step
+        preempted = notice.reached(step)
+        if preempted and pending:
+            log_pending(step)
+        if step % config.checkpoint_every_steps == 0 or step == last_step or preempted:
+            logger.exclude("checkpoint", _save_if_finite(exp, checkpointer, step, state,
+                                                         force=step == last_step or preempted))
+        if preempted:
+            raise _stop_preempted(exp, checkpointer, logger, step, notice.signal_name)
+        _poll_saves(exp, checkpointer)
+        if eval_every and step % eval_every == 0 and step < exp.total_steps:
+            jax.block_until_ready(state)  # the steps in flight count as training, not evaluation
+            results = evaluate_state(exp, state, linear=False)
+            logger.exclude("eval", results["eval_seconds"])
+            logger.write(step, results, prefix="eval")
+
+    return hook
+
+
 def train(exp, workdir, stop_after_steps=None):
     """Pretrains from the latest checkpoint (or from scratch) to `total_steps`; returns the final state.
 
@@ -318,58 +375,25 @@ def train(exp, workdir, stop_after_steps=None):
     state, start_step = restore_or_init(exp, checkpointer)
     if jax.process_index() == 0:
         metrics_log.truncate(workdir, start_step)
-    step_fn = make_step_fn(exp)
     logger = metrics_log.MetricLogger(workdir, exp.total_steps, exp.steps_per_epoch, config.batch_size,
                                       active=jax.process_index() == 0)
-    device_batches = sharding.prefetch(host_batches(exp, start_step), exp.dp.put_batch, config.data.prefetch)
     log(f"Training {config.method} ({config.model.name}, width {config.model.width}) for {exp.total_steps} steps "
         f"({exp.steps_per_epoch} per epoch) on {exp.dp.num_devices} {jax.default_backend()} device(s), "
         f"global batch {config.batch_size}, mode {exp.dp.mode}; workdir {workdir}")
-    eval_every = config.eval.every_epochs * exp.steps_per_epoch
-    pending = []
-    logger.start(start_step)
     last_step = min(exp.total_steps, stop_after_steps or exp.total_steps)
-
-    def log_pending(step):
-        scalars = _fetch(pending)
-        _check_metrics(exp, checkpointer, step, scalars)
-        logger.write(step, scalars)
-        pending.clear()
-
+    logger.start(start_step)
     with preemption.PreemptionNotice() as notice:
-        for step in range(start_step + 1, last_step + 1):
-            state, metrics = step_fn(state, next(device_batches))
-            metrics = exp.dp.get_metrics(metrics)
-            jax.tree.map(lambda x: x.copy_to_host_async(), metrics)
-            pending.append(metrics)
-            if step % config.log_every_steps == 0 or step == last_step:
-                log_pending(step)  # waits for the steps dispatched so far: a signal meanwhile stops at this step
-            preempted = notice.reached(step)
-            if preempted and pending:
-                log_pending(step)
-            if step % config.checkpoint_every_steps == 0 or step == last_step or preempted:
-                logger.exclude("checkpoint", _save_if_finite(exp, checkpointer, step, state,
-                                                             force=step == last_step or preempted))
-            if preempted:
-                raise _stop_preempted(exp, checkpointer, logger, step, notice.signal_name)
-            _poll_saves(exp, checkpointer)
-            if eval_every and step % eval_every == 0 and step < exp.total_steps:
-                jax.block_until_ready(state)  # the steps in flight count as training, not evaluation
-                results = evaluate_state(exp, state, linear=False)
-                logger.exclude("eval", results["eval_seconds"])
-                logger.write(step, results, prefix="eval")
+        hook = _training_hook(exp, workdir, checkpointer, logger, notice, last_step)
+        state, _ = run_loop(exp, state, start_step, last_step, hooks=(hook,))
     _finish_saves(exp, checkpointer)
     logger.close()
     return state
 
 
 def run_steps(exp, state, start_step, num_steps, step_fn=None):
-    """Runs `num_steps` steps from `start_step` without checkpoints or logs; returns (state, last metrics)."""
-    step_fn = step_fn or make_step_fn(exp)
-    metrics = None
-    for batch in sharding.prefetch(host_batches(exp, start_step, start_step + num_steps), exp.dp.put_batch):
-        state, metrics = step_fn(state, batch)
-    return state, exp.dp.get_metrics(metrics)
+    """`run_loop` for `num_steps` steps from `start_step` without hooks (no checkpoints or logs); returns
+    (state, last metrics)."""
+    return run_loop(exp, state, start_step, start_step + num_steps, step_fn)
 
 
 def write_results(workdir, results):
