@@ -98,8 +98,9 @@ def forward_crops(net, params, batch_stats, crops, indices, use_predictor=True, 
     outputs = [None] * len(crops)
     for size in dict.fromkeys(crops[i].shape[1:3] for i in indices):
         group = [i for i in indices if crops[i].shape[1:3] == size]
-        out, updates = net.apply({"params": params, "batch_stats": batch_stats}, jnp.concatenate([crops[i] for i in group]),
-                                 train=True, use_predictor=use_predictor,
+        stacked = jnp.concatenate([crops[i] for i in group])
+        out, updates = net.apply({"params": params, "batch_stats": batch_stats}, stacked, train=True,
+                                 use_predictor=use_predictor,
                                  num_views=1 if joint_batch_norm else len(group), mutable=["batch_stats"])
         batch_stats = updates["batch_stats"]
         per_crop = {key: jnp.split(value, len(group)) for key, value in out.items()}
@@ -122,19 +123,15 @@ def _frozen_now(method, step, steps_per_epoch):
 def _zero_leaves(tree, frozen):
     """`tree` with the subtree at each frozen path set to zero where its flag is true (a traced bool)."""
     for path, is_frozen in frozen:
-        node = tree
-        for key in path[:-1]:
-            node = node[key]
-        leaf = node[path[-1]]
-        tree = _replace_at(tree, path, jnp.where(is_frozen, jnp.zeros_like(leaf), leaf))
+        tree = _replace_at(tree, path, lambda leaf: jnp.where(is_frozen, jnp.zeros_like(leaf), leaf))
     return tree
 
 
-def _replace_at(tree, path, value):
-    """A copy of the nested dict `tree` with `tree[path[0]]...[path[-1]] = value`."""
+def _replace_at(tree, path, fn):
+    """A copy of the nested dict `tree` with `tree[path[0]]...[path[-1]]` replaced by `fn` of itself."""
     if not path:
-        return value
-    return {**tree, path[0]: _replace_at(tree[path[0]], path[1:], value)}
+        return fn(tree)
+    return {**tree, path[0]: _replace_at(tree[path[0]], path[1:], fn)}
 
 
 def _scalar_metrics(aux):

@@ -16,7 +16,7 @@ LOSS_OF_METHOD = {"simclr": losses.nt_xent, "byol": losses.byol_loss, "vicreg": 
                   "tico": losses.tico_loss, "vicreg_tico": losses.vicreg_tico_loss,
                   "barlow_twins": losses.barlow_twins_loss, "simsiam": losses.simsiam_loss,
                   "moco_v3": losses.moco_v3_loss,
-                  "dino": methods.METHODS["dino"].loss}  # its adapter: the teacher-temperature schedule's keys too
+                  "dino": methods.METHODS["dino"].loss}  # its loss function: the teacher-temperature schedule's keys too
 
 
 def test_every_registered_method_has_a_config():
@@ -43,7 +43,7 @@ def test_unknown_method_is_rejected():
 
 
 def test_tico_state_starts_at_zero():
-    state = methods.get_method("tico").init_loss_state(6)
+    state = methods.get_method("tico").init_state(6)
     assert state["cov"].shape == (6, 6) and float(abs(state["cov"]).sum()) == 0.0
 
 
