@@ -31,7 +31,7 @@ DEFAULT_MARGIN = 0.04
 DEFAULT_STEPS = 120
 # A ViT config's check network: its ViT shrunk to ViT-Tiny of this many blocks, its patch, pooling and position
 # embeddings kept (docs/learning_check.md, "DINO on a ViT": cost and figures).
-CHECK_VIT_DEPTH = 2
+CHECK_VIT_DEPTH = 1
 # Collapse: SimSiam's indicator (the per-channel std of the L2-normalised projection) times sqrt(d) is about 1 for
 # spread-out outputs and 0 for collapsed ones; healthy runs here stay above 0.6 (docs/learning_check.md).
 COLLAPSED_STD = 0.3
