@@ -19,6 +19,12 @@ METHOD_CONFIGS = {  # method -> its CIFAR config, configs/<name>.py
     "dino": "dino_cifar",
 }
 
+# Every config the learning check runs (ssl_jax/learning_check.py): entry -> configs/<name>.py. Each method's own
+# config under the method's name, and the configs that run a method on another backbone under names of their own
+# (their config's `method` says which method). Not METHOD_CONFIGS: its keys are method names (the sweeps, the
+# per-method tests).
+CHECKED_CONFIGS = dict(METHOD_CONFIGS, dino_vit="dino_vit_cifar")
+
 
 def method_config_path(method):
     """configs/<file>.py of `method` (a key of METHOD_CONFIGS)."""

@@ -190,12 +190,25 @@ def base_config():
     return config
 
 
+SMOKE_VIT_DEPTH = 2  # blocks of a ViT config's :smoke network
+
+
+def is_vit(config):
+    """Whether the config's backbone is a ViT (config.model.name vit_*; models.make_backbone)."""
+    return config.model.name.startswith("vit_")
+
+
 def smoke(config):
-    """A tiny variant that trains, checkpoints and evaluates in about a minute on 2 CPU cores."""
+    """A tiny variant that trains, checkpoints and evaluates in about a minute on 2 CPU cores: a ResNet-18 of width
+    8, or for a ViT config a ViT-Tiny of SMOKE_VIT_DEPTH blocks (its patch, pooling and position embeddings kept)."""
     config.batch_size = 64
     config.num_train_steps = 30
-    config.model.name = "resnet18"
-    config.model.width = 8
+    if is_vit(config):
+        config.model.name = "vit_tiny"
+        config.model.vit_depth = SMOKE_VIT_DEPTH
+    else:
+        config.model.name = "resnet18"
+        config.model.width = 8
     set_head_sizes(config, hidden=64, output=32)
     config.optimizer.warmup_epochs = 0.0
     config.log_every_steps = 10

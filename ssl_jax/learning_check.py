@@ -1,12 +1,14 @@
 """Does each method learn on real data? A short run per method against the same network at random initialisation.
 
-    python -m ssl_jax.learning_check --data=../shared/data/cifar10-jpeg.tar.gz [--methods=simclr,tico] \
+    python -m ssl_jax.learning_check --data=../shared/data/cifar10-jpeg.tar.gz [--methods=simclr,tico,dino_vit] \
         [--steps=120] [--workdir=/tmp/learning_check]
 
-For every method, its own config (`configs/<method>_cifar.py`) is shrunk to a ResNet-18 of width 8 and trained for
-`--steps` steps at batch 256 (`check_config`); the frozen backbone's kNN accuracy must then beat the same network's
-at random initialisation (same seed, so the same initial backbone) by `--margin` points, and every logged loss must
-be finite. Prints one table row per method, writes `results.json` and `results.md` to the workdir and exits
+For every entry of `config_files.CHECKED_CONFIGS` (each method's own config, `configs/<method>_cifar.py`, and the
+configs that run a method on another backbone: `dino_vit`, configs/dino_vit_cifar.py), the config is shrunk
+(`check_config`: a ResNet-18 of width 8, or a ViT config's ViT-Tiny of CHECK_VIT_DEPTH blocks) and trained for
+`--steps` steps at batch 256; the frozen backbone's kNN accuracy must then beat the same network's at random
+initialisation (same seed, so the same initial backbone) by `--margin` points, and every logged loss must be
+finite. Prints one table row per method, writes `results.json` and `results.md` to the workdir and exits
 non-zero when any method fails. `.ci/run` runs it on the shared CIFAR-10 copy; the margin's calibration is in
 docs/learning_check.md.
 """
@@ -27,6 +29,9 @@ from ssl_jax import run_files
 # 7-15 kNN points over random initialisation; the broken ones before the fix gained -4 to 3.
 DEFAULT_MARGIN = 0.04
 DEFAULT_STEPS = 120
+# A ViT config's check network: its ViT shrunk to ViT-Tiny of this many blocks, its patch, pooling and position
+# embeddings kept (docs/learning_check.md, "DINO on a ViT": cost and figures).
+CHECK_VIT_DEPTH = 1
 # Collapse: SimSiam's indicator (the per-channel std of the L2-normalised projection) times sqrt(d) is about 1 for
 # spread-out outputs and 0 for collapsed ones; healthy runs here stay above 0.6 (docs/learning_check.md).
 COLLAPSED_STD = 0.3
@@ -42,11 +47,13 @@ FLAGS = flags.FLAGS
 def _define_flags():
     """The command line's flags, defined only when run as a program (tests import this module beside others)."""
     flags.DEFINE_string("data", None, "A local CIFAR-10 copy (e.g. ../shared/data/cifar10-jpeg.tar.gz).")
-    methods = list(config_files.METHOD_CONFIGS)
-    flags.DEFINE_list("methods", methods, f"Methods to check: {', '.join(methods)}.")
+    flags.DEFINE_list("methods", list(config_files.METHOD_CONFIGS),
+                      f"Entries of config_files.CHECKED_CONFIGS to check: {', '.join(config_files.CHECKED_CONFIGS)}; "
+                      "by default every method's own config (dino_vit does not pass yet: docs/learning_check.md).")
     flags.DEFINE_integer("steps", DEFAULT_STEPS, "Training steps per method (batch 256).")
     flags.DEFINE_float("margin", DEFAULT_MARGIN, "kNN top-1 a method must gain over random initialisation.")
-    flags.DEFINE_integer("width", 8, "ResNet-18 base width.")
+    flags.DEFINE_integer("width", 8, "ResNet-18 base width (ResNet configs; a ViT config's network is "
+                         "ViT-Tiny of CHECK_VIT_DEPTH blocks).")
     flags.DEFINE_string("workdir", "/tmp/ssl_jax_learning_check", "Where results.json and results.md go.")
     flags.DEFINE_multi_string("set", [], "Extra config overrides for every method, as key=value (e.g. loss.rho=20); "
                               "several at once comma-separated or as repeated flags; JSON values may hold commas "
@@ -73,7 +80,7 @@ def split_overrides(values):
 def overrides_problem(method, overrides):
     """One line on the first `key=value` of `overrides` that the method's config has no key for or whose value
     its type rejects, or None: checked before the data set is loaded."""
-    config = config_files.load_config(config_files.METHOD_CONFIGS[method])
+    config = config_files.load_config(config_files.CHECKED_CONFIGS[method])
     for item in overrides:
         key, has_value, value = item.partition("=")
         argument = f"--set={item}"
@@ -90,10 +97,18 @@ def overrides_problem(method, overrides):
 
 
 def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
-    """The method's own config at the check's size: ResNet-18 of `width`, batch 256, `steps` steps with a
-    tenth of them warm-up, heads as the method's config has them, evaluation on a 10,000-image train subset."""
-    config = config_files.load_config(config_files.METHOD_CONFIGS[method])
-    config.model.width = width
+    """The entry's config (`method`: a key of config_files.CHECKED_CONFIGS) at the check's size: ResNet-18 of
+    `width`, or for a ViT config ViT-Tiny of CHECK_VIT_DEPTH blocks (`width` unused; patch, pooling, position
+    embeddings and crops as the config has them), batch 256, `steps` steps with a tenth of them warm-up, heads as
+    the config has them, evaluation on a 10,000-image train subset."""
+    from ssl_jax import config_lib
+
+    config = config_files.load_config(config_files.CHECKED_CONFIGS[method])
+    if config_lib.is_vit(config):
+        config.model.name = "vit_tiny"
+        config.model.vit_depth = CHECK_VIT_DEPTH
+    else:
+        config.model.width = width
     config.batch_size = 256
     config.num_train_steps = steps
     config.optimizer.warmup_epochs = 0.1 * steps / (50000 // 256)
@@ -104,6 +119,14 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
         key, _, value = item.partition("=")
         config_files.set_value(config, key, value)
     return config
+
+
+def network_name(config):
+    """The check's network in words: 'resnet18 of width 8', 'vit_tiny of 2 blocks, patch 4'."""
+    model = config.model
+    if model.name.startswith("vit_"):
+        return f"{model.name} of {model.vit_depth or 12} blocks, patch {model.patch_size}"
+    return f"{model.name} of width {model.width}"
 
 
 def make_collapse_probe(exp, num_images=512):
@@ -216,7 +239,8 @@ def check_method(method, dataset, margin=DEFAULT_MARGIN, steps=DEFAULT_STEPS, wi
     output_dim = config.model.num_prototypes or config.model.projection_dim  # DINO's 'projection': prototype scores
     failure = verdict(losses, gain, output_dim, margin)
     return {
-        "method": method, "steps": steps, "width": width,
+        "method": method, "config": config_files.CHECKED_CONFIGS[method], "network": network_name(config),
+        "steps": steps, "width": width,
         "knn_top1": trained["knn_top1"], "linear_top1": trained["linear_top1"],
         "knn_top1_random_init": baseline["knn_top1_random_init"],
         "linear_top1_random_init": baseline["linear_top1_random_init"],
@@ -246,7 +270,7 @@ def report_table(root):
 
     rows = ["| method | batch | epochs | kNN top-1 | linear top-1 / top-5 | random init kNN / linear | "
             "loss, first log -> last |", "|---|---|---|---|---|---|---|"]
-    for method in config_files.METHOD_CONFIGS:
+    for method in config_files.CHECKED_CONFIGS:
         path = os.path.join(root, method, run_files.EVAL_FILE)
         if not os.path.exists(path):
             continue
@@ -267,9 +291,9 @@ def main(argv):
     if FLAGS.report:
         print(report_table(FLAGS.report))
         return
-    unknown = [m for m in FLAGS.methods if m not in config_files.METHOD_CONFIGS]
+    unknown = [m for m in FLAGS.methods if m not in config_files.CHECKED_CONFIGS]
     if unknown:
-        sys.exit(f"error: unknown --methods {unknown}; choose from {', '.join(config_files.METHOD_CONFIGS)}.")
+        sys.exit(f"error: unknown --methods {unknown}; choose from {', '.join(config_files.CHECKED_CONFIGS)}.")
     overrides = split_overrides(FLAGS.set)
     for method in FLAGS.methods:
         problem = overrides_problem(method, overrides)
@@ -288,7 +312,8 @@ def main(argv):
     os.makedirs(FLAGS.workdir, exist_ok=True)
     results, baselines = [], {}
     for i, method in enumerate(FLAGS.methods):
-        print(f"[{i + 1}/{len(FLAGS.methods)}] {method}: {FLAGS.steps} steps at width {FLAGS.width}", flush=True)
+        print(f"[{i + 1}/{len(FLAGS.methods)}] {method}: {FLAGS.steps} steps of "
+              f"{network_name(check_config(method, FLAGS.steps, FLAGS.width, overrides))}", flush=True)
         r = check_method(method, dataset, FLAGS.margin, FLAGS.steps, FLAGS.width, overrides,
                          print_fn=lambda line: print(line, flush=True), baselines=baselines)
         print(f"  kNN {r['knn_top1']:.1%} (random init {r['knn_top1_random_init']:.1%}), linear "

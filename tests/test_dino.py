@@ -456,3 +456,27 @@ def test_prototypes_and_method_must_agree(method, prototypes, message):
     config = helpers.tiny_config(method, **{"model.num_prototypes": prototypes})
     with pytest.raises(ValueError, match=message):
         train.build_experiment(config, helpers.synthetic_dataset())
+
+
+def test_vit_dino_smoke_config_trains_a_step_with_its_local_crops():
+    """configs/dino_vit_cifar.py:smoke keeps a ViT (ViT-Ti, few blocks, its 4x4 patches and learned position
+    embeddings); one step of it on synthetic images with its local crops switched on (16 px: a 4x4 grid against
+    the global crops' 8x8) gives a finite loss."""
+    import helpers
+    from ssl_jax import config_lib
+    from ssl_jax import sharding
+    from ssl_jax import train
+
+    smoke = helpers.load_config("dino_vit_cifar", "smoke")
+    assert (smoke.model.name, smoke.model.vit_depth) == ("vit_tiny", config_lib.SMOKE_VIT_DEPTH)
+    assert (smoke.model.patch_size, smoke.model.pos_embedding) == (4, "learned")
+    assert smoke.augment.local_crops.crop_size < smoke.augment.view1.crop_size
+    config = helpers.tiny_config("dino_vit_cifar", batch_size=8, steps=1, **{
+        "model.vit_depth": 1, "model.num_prototypes": 32, "augment.local_crops.count": 2})
+    groups = train.crop_groups(config)
+    assert len(groups) == 3 and groups[2].count == 2 and groups[2].view.crop_size == 16
+    exp = train.build_experiment(config, helpers.synthetic_dataset(num_train=16, num_test=8))
+    state = exp.dp.put_state(train.initial_state(exp))
+    state, metrics = train.run_steps(exp, state, 0, 1)
+    assert np.isfinite(float(metrics["loss"]))
+    assert int(sharding.local_copy(exp.dp.get_state(state)).step) == 1

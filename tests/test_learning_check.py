@@ -128,3 +128,21 @@ def test_a_method_with_another_initial_backbone_gets_its_own_baseline():
     learning_check.check_method("vicreg", dataset, margin=-1.0, steps=1, width=4, overrides=SMALL,
                                 print_fn=lambda line: None, baselines=baselines)
     assert len(baselines) == 2  # VICReg starts from SimCLR's backbone
+
+
+def test_the_vit_dino_config_is_checked_on_a_small_vit():
+    """The learning check covers every config: the ViT DINO config is an entry of its own (not a method name), and
+    check_config shrinks its ViT (ViT-Tiny of CHECK_VIT_DEPTH blocks, its patch and crops kept) instead of setting a
+    ResNet width."""
+    assert config_files.CHECKED_CONFIGS["dino_vit"] == "dino_vit_cifar"
+    assert "dino_vit" not in config_files.METHOD_CONFIGS
+    assert all(config_files.CHECKED_CONFIGS[m] == name for m, name in config_files.METHOD_CONFIGS.items())
+    recipe = config_files.load_config("dino_vit_cifar")
+    config = learning_check.check_config("dino_vit", steps=50, width=8)
+    assert config.method == "dino"
+    assert (config.model.name, config.model.vit_depth) == ("vit_tiny", learning_check.CHECK_VIT_DEPTH)
+    assert config.model.width == recipe.model.width  # no ResNet width set on a ViT
+    assert config.model.patch_size == recipe.model.patch_size
+    assert config.augment.local_crops == recipe.augment.local_crops
+    assert (config.batch_size, config.num_train_steps) == (256, 50)
+    assert learning_check.check_config("dino", width=8).model.name == "resnet18"
