@@ -22,6 +22,7 @@ from absl import flags
 
 from ssl_jax import cli
 from ssl_jax import config_files
+from ssl_jax import config_lib
 from ssl_jax import cpu_tuning
 from ssl_jax import run_files
 
@@ -101,8 +102,6 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     `width`, or for a ViT config ViT-Tiny of CHECK_VIT_DEPTH blocks (`width` unused; patch, pooling, position
     embeddings and crops as the config has them), batch 256, `steps` steps with a tenth of them warm-up, heads as
     the config has them, evaluation on a 10,000-image train subset."""
-    from ssl_jax import config_lib
-
     config = config_files.load_config(config_files.CHECKED_CONFIGS[method])
     if config_lib.is_vit(config):
         config.model.name = "vit_tiny"
@@ -124,7 +123,7 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
 def network_name(config):
     """The check's network in words: 'resnet18 of width 8', 'vit_tiny of 2 blocks, patch 4'."""
     model = config.model
-    if model.name.startswith("vit_"):
+    if config_lib.is_vit(config):
         return f"{model.name} of {model.vit_depth or 12} blocks, patch {model.patch_size}"
     return f"{model.name} of width {model.width}"
 

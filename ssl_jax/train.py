@@ -17,6 +17,7 @@ import optax
 from ssl_jax import augment
 from ssl_jax import batches
 from ssl_jax import checkpoint
+from ssl_jax import config_lib
 from ssl_jax import data
 from ssl_jax import evaluate
 from ssl_jax import methods
@@ -88,7 +89,7 @@ def check_crops(config, method):
         raise ValueError(f"config.augment.local_crops.count={config.augment.local_crops.count}, but "
                          f"{config.method!r} compares the two global views only (no multi-crop); set it to 0.")
     patch = config.model.patch_size
-    if config.model.name.startswith("vit"):
+    if config_lib.is_vit(config):
         for name, group in zip(("view1", "view2", "local_crops"), groups):
             if group.crop_size % patch:
                 raise ValueError(f"config.augment.{name}.crop_size={group.crop_size} is not a multiple of "
