@@ -198,6 +198,15 @@ def is_vit(config):
     return config.model.name.startswith("vit_")
 
 
+def backbone_name(config):
+    """The backbone in words, as the logs and eval.json give it: 'resnet18 of width 64', 'vit_tiny of 12 blocks,
+    patch 4' (a ViT has no ResNet width)."""
+    model = config.model
+    if is_vit(config):
+        return f"{model.name} of {model.vit_depth or 12} blocks, patch {model.patch_size}"
+    return f"{model.name} of width {model.width}"
+
+
 def smoke(config):
     """A tiny variant that trains, checkpoints and evaluates in about a minute on 2 CPU cores: a ResNet-18 of width
     8, or for a ViT config a ViT-Tiny of SMOKE_VIT_DEPTH blocks (its patch, pooling and position embeddings kept)."""

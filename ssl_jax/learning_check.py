@@ -120,14 +120,6 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     return config
 
 
-def network_name(config):
-    """The check's network in words: 'resnet18 of width 8', 'vit_tiny of 2 blocks, patch 4'."""
-    model = config.model
-    if config_lib.is_vit(config):
-        return f"{model.name} of {model.vit_depth or 12} blocks, patch {model.patch_size}"
-    return f"{model.name} of width {model.width}"
-
-
 def make_collapse_probe(exp, num_images=512):
     """state -> {'projection_std', 'feature_rank'} of the first `num_images` train images, unaugmented, in eval
     mode: SimSiam's collapse indicator of the projections (`collapse.normalized_std`) and the effective rank of
@@ -238,7 +230,7 @@ def check_method(method, dataset, margin=DEFAULT_MARGIN, steps=DEFAULT_STEPS, wi
     output_dim = config.model.num_prototypes or config.model.projection_dim  # DINO's 'projection': prototype scores
     failure = verdict(losses, gain, output_dim, margin)
     return {
-        "method": method, "config": config_files.CHECKED_CONFIGS[method], "network": network_name(config),
+        "method": method, "config": config_files.CHECKED_CONFIGS[method], "network": config_lib.backbone_name(config),
         "steps": steps, "width": width,
         "knn_top1": trained["knn_top1"], "linear_top1": trained["linear_top1"],
         "knn_top1_random_init": baseline["knn_top1_random_init"],
@@ -312,7 +304,7 @@ def main(argv):
     results, baselines = [], {}
     for i, method in enumerate(FLAGS.methods):
         print(f"[{i + 1}/{len(FLAGS.methods)}] {method}: {FLAGS.steps} steps of "
-              f"{network_name(check_config(method, FLAGS.steps, FLAGS.width, overrides))}", flush=True)
+              f"{config_lib.backbone_name(check_config(method, FLAGS.steps, FLAGS.width, overrides))}", flush=True)
         r = check_method(method, dataset, FLAGS.margin, FLAGS.steps, FLAGS.width, overrides,
                          print_fn=lambda line: print(line, flush=True), baselines=baselines)
         print(f"  kNN {r['knn_top1']:.1%} (random init {r['knn_top1_random_init']:.1%}), linear "

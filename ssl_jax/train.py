@@ -378,7 +378,7 @@ def train(exp, workdir, stop_after_steps=None):
         metrics_log.truncate(workdir, start_step)
     logger = metrics_log.MetricLogger(workdir, exp.total_steps, exp.steps_per_epoch, config.batch_size,
                                       active=jax.process_index() == 0)
-    log(f"Training {config.method} ({config.model.name}, width {config.model.width}) for {exp.total_steps} steps "
+    log(f"Training {config.method} ({config_lib.backbone_name(config)}) for {exp.total_steps} steps "
         f"({exp.steps_per_epoch} per epoch) on {exp.dp.num_devices} {jax.default_backend()} device(s), "
         f"global batch {config.batch_size}, mode {exp.dp.mode}; workdir {workdir}")
     last_step = min(exp.total_steps, stop_after_steps or exp.total_steps)
@@ -427,7 +427,9 @@ def train_and_evaluate(config, workdir, dataset=None):
         log("Evaluating the same network at random initialisation (the baseline)...")
         results.update(evaluate_random_init(exp))
     results.update(step=int(host_state.step), method=config.method, model=config.model.name,
-                   width=config.model.width, batch_size=config.batch_size)
+                   network=config_lib.backbone_name(config), batch_size=config.batch_size)
+    if not config_lib.is_vit(config):
+        results.update(width=config.model.width)
     write_results(workdir, results)
     if jax.process_index() == 0:
         metrics_log.plot_loss(workdir, title=f"{config.method} {config.model.name}")

@@ -480,3 +480,16 @@ def test_vit_dino_smoke_config_trains_a_step_with_its_local_crops():
     state, metrics = train.run_steps(exp, state, 0, 1)
     assert np.isfinite(float(metrics["loss"]))
     assert int(sharding.local_copy(exp.dp.get_state(state)).step) == 1
+
+
+def test_backbone_name_gives_a_vit_its_blocks_and_patch_and_a_resnet_its_width():
+    """The start line, eval.json and the learning check describe the backbone with config_lib.backbone_name: a
+    ViT has no ResNet width, so 'width 64' (the ResNet default left in its config) must not be said of it."""
+    import helpers
+    from ssl_jax import config_lib
+
+    vit = helpers.load_config("dino_vit_cifar", arg=None)
+    assert config_lib.backbone_name(vit) == "vit_tiny of 12 blocks, patch 4"
+    vit.model.vit_depth = 2
+    assert config_lib.backbone_name(vit) == "vit_tiny of 2 blocks, patch 4"
+    assert config_lib.backbone_name(helpers.load_config("simclr_cifar", arg=None)) == "resnet18 of width 64"

@@ -74,4 +74,5 @@ def test_smoke_config_runs_from_the_command_line(method, image_folder, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((workdir / "eval.json").read_text())
     assert results["method"] == method and results["step"] == 2
+    assert results["network"] == "resnet18 of width 4" and results["width"] == 4
     assert 0.0 <= results["knn_top1"] <= 1.0 and 0.0 <= results["linear_top1"] <= results["linear_top5"] <= 1.0
