@@ -347,3 +347,79 @@ def dino_loss(student_logits, teacher_logits, center, student_temperature=0.1, t
         "student_entropy": lax.stop_gradient(entropy(log_p_s)),
     }
     return loss, aux
+
+
+def _psum(x, axis_name):
+    return x if axis_name is None else lax.psum(x, axis_name)
+
+
+def sinkhorn(scores, epsilon=0.05, iterations=3, axis_name=None):
+    """SwAV's soft assignments of examples to prototypes (Caron et al. 2020, Sec. 3.1, Eq. 3; official
+    ``distributed_sinkhorn`` in main_swav.py): ``scores`` [B, K], each example's scores against the K prototypes;
+    returns Q [B, K], each row a distribution over prototypes, the columns (prototypes) equally used over the batch.
+
+    Q = diag(u) exp(scores^T / epsilon) diag(v) (K x B) with u, v found by `iterations` Sinkhorn-Knopp steps: the
+    matrix is scaled to sum 1, then each iteration scales its rows to 1/K and its columns to 1/B; the result is
+    multiplied by B so that each example's assignment sums to 1. With ``axis_name`` the sums over examples (the
+    total and the row sums) are ``psum``'d, so B is the global number of examples and the assignments equal those
+    of one device holding the whole batch. The scores are shifted by their global maximum before ``exp``: the
+    normalisations cancel the shift, and exp(s / epsilon) cannot overflow. Stop-gradient (the official code runs it
+    under ``torch.no_grad``).
+    """
+    s = lax.stop_gradient(_f32(scores))
+    peak = jnp.max(s) if axis_name is None else lax.pmax(jnp.max(s), axis_name)
+    q = jnp.exp((s - peak) / epsilon).T  # K x B
+    num_prototypes = q.shape[0]
+    num_examples = _psum(q.shape[1], axis_name)
+    q = q / _psum(jnp.sum(q), axis_name)
+    for _ in range(iterations):
+        q = q / _psum(jnp.sum(q, axis=1, keepdims=True), axis_name) / num_prototypes
+        q = q / jnp.sum(q, axis=0, keepdims=True) / num_examples
+    return (q * num_examples).T
+
+
+def swav_loss(scores, queue_scores=None, use_queue=True, temperature=0.1, epsilon=0.05, iterations=3,
+              axis_name=None):
+    """SwAV's swapped prediction with multi-crop (Caron et al. 2020, Eq. 1-2; official main_swav.py).
+
+    ``scores`` [C, B, K]: the prototype scores of C crops (z_c . c_k with unit z and prototypes), the two global
+    crops first. For each global crop i in (0, 1) the codes q_i = Sinkhorn of its stop-gradient scores (with the
+    queue: ``queue_scores[i]`` [L, K], the scores of past batches' projections against today's prototypes, put
+    before the batch and dropped from the result) predict every other crop v:
+    ``l(z_v, q_i) = -sum_k q_i[k] log softmax(z_v . c / temperature)[k]``, and
+    ``L = mean over i of mean over the C - 1 crops v != i of mean_b l`` (the official loss: the sum over v divided
+    by C - 1, averaged over the crops that get codes). ``use_queue`` (a traced bool: SwAV starts its queue after some
+    epochs) picks the codes with or without the queue; both are computed only once, by ``lax.cond``.
+
+    Multi-device: the loss is a mean over local examples (equal local batches), Sinkhorn's sums are global.
+    aux: ``code_max`` the mean largest code entry (-> 1: hard assignments), ``code_entropy`` the mean entropy of
+    the codes, ``prediction_entropy`` of the softmax predictions (-> log K: uniform).
+    """
+    s = _f32(scores)
+    if s.ndim != 3 or s.shape[0] < 2:
+        raise ValueError(f"swav_loss: scores [C >= 2 crops, B, K] expected, got {s.shape}")
+    num_crops, batch = s.shape[0], s.shape[1]
+    log_p = jax.nn.log_softmax(s / temperature, axis=-1)
+
+    def codes(with_queue):
+        out = []
+        for i in range(2):
+            crop = s[i] if not with_queue else jnp.concatenate([_f32(queue_scores[i]), s[i]])
+            out.append(sinkhorn(crop, epsilon, iterations, axis_name)[-batch:])
+        return jnp.stack(out)
+
+    if queue_scores is None:
+        q = codes(False)
+    else:
+        q = lax.cond(use_queue, lambda: codes(True), lambda: codes(False))
+    q = lax.stop_gradient(q)
+    # ce[i, v] = mean_b -sum_k q[i, b, k] log_p[v, b, k]
+    ce = -jnp.einsum("ibk,vbk->iv", q, log_p, precision=lax.Precision.HIGHEST) / batch
+    same_crop = jnp.arange(2)[:, None] == jnp.arange(num_crops)[None, :]
+    loss = jnp.sum(jnp.where(same_crop, 0.0, ce)) / (2 * (num_crops - 1))
+    aux = {
+        "code_max": jnp.mean(jnp.max(q, axis=-1)),
+        "code_entropy": jnp.mean(-jnp.sum(q * jnp.log(jnp.maximum(q, 1e-30)), axis=-1)),
+        "prediction_entropy": lax.stop_gradient(jnp.mean(-jnp.sum(jnp.exp(log_p) * log_p, axis=-1))),
+    }
+    return loss, aux
