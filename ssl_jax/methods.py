@@ -31,8 +31,10 @@ import dataclasses
 from typing import Any, Callable, Mapping, Optional
 
 import jax.numpy as jnp
+from jax import lax
 
 from ssl_jax import losses
+from ssl_jax import models
 
 AVERAGED = "averaged"
 PER_DEVICE = "per_device"
@@ -45,15 +47,18 @@ class StepContext:
     """What a loss may read besides the network outputs and its state: the mesh axis to reduce over, the step
     number (a traced int), the steps per epoch (for schedules counted in epochs), a random key of the loss's own
     (the step's key folded with a constant: per-example randomness should fold in batch['global_index'] as the
-    augmentation does), and this device's slice of the batch (uint8 'image', 'label', 'global_index')."""
+    augmentation does), this device's slice of the batch (uint8 'image', 'label', 'global_index') and the online
+    network's parameters as the step found them (not differentiated: SwAV scores its queue against the
+    prototypes with them)."""
     axis_name: Any
     step: Any
     steps_per_epoch: int
     key: Any = None
     batch: Any = None
+    params: Any = None
 
 
-def _no_state(output_dim):
+def _no_state(output_dims, num_devices, settings):
     return {}
 
 
@@ -65,11 +70,12 @@ class Method:
     teacher_crops: tuple = GLOBAL_CROPS    # crop indices the EMA target sees (with ema_target)
     local_crops: bool = False              # takes config.augment.local_crops (multi-crop) besides the two views
     predictor: bool = False
-    prototypes: bool = False               # the projector is DINO's head (config.model.num_prototypes > 0)
+    prototypes: Optional[str] = None       # the projector is a prototype head: 'dino' or 'swav' (models.SSLNet)
     ema_target: bool = False
-    initial_state: Callable = _no_state    # output_dim -> {name: array}: one device's state before the first step
+    initial_state: Callable = _no_state    # (output_dims, num_devices, settings) -> one device's {name: array}
     state_rules: Mapping[str, str] = dataclasses.field(default_factory=dict)  # {name: AVERAGED | PER_DEVICE}
     frozen_at_start: tuple = ()            # ((parameter path, epochs), ...): not updated during those first epochs
+    check_config: Optional[Callable] = None  # config -> None; raises ValueError on settings the method cannot use
 
     def __post_init__(self):
         bad = {k: v for k, v in self.state_rules.items() if v not in STATE_RULES}
@@ -81,10 +87,14 @@ class Method:
         student = tuple(range(num_crops)) if self.student_crops is None else tuple(self.student_crops)
         return student, tuple(self.teacher_crops) if self.ema_target else ()
 
-    def init_state(self, output_dim, num_devices=1):
-        """The state before the first step, for outputs ('projection') of `output_dim` values; each PER_DEVICE
-        part stacked `num_devices` times along a new leading axis. Fails on a key without a stated rule."""
-        state = self.initial_state(output_dim)
+    def init_state(self, output_dims, num_devices=1, settings=None):
+        """The state before the first step: `initial_state(output_dims, num_devices, settings)` for the network's
+        outputs of `output_dims` values ({'projection': 128, ...}; an int is the projection's) and the loss's
+        `settings` (config.loss), each PER_DEVICE part stacked `num_devices` times along a new leading axis.
+        Fails on a key without a stated rule."""
+        if not isinstance(output_dims, dict):
+            output_dims = {"projection": output_dims}
+        state = self.initial_state(output_dims, num_devices, dict(settings or {}))
         missing = sorted(set(state) - set(self.state_rules))
         if missing:
             raise ValueError(f"the method's state {missing} has no cross-device rule; state one of {STATE_RULES} "
@@ -162,14 +172,53 @@ def _dino(student, teacher, state, context, student_temperature=0.1, teacher_tem
     return loss, dict(aux, teacher_temperature=temperature), {"center": center}
 
 
-def _running_covariance(output_dim):
+def _swav(student, teacher, state, context, temperature=0.1, epsilon=0.05, sinkhorn_iterations=3, queue_size=0,
+          queue_start_epochs=0.0):
+    """SwAV (Caron et al. 2020): the codes of the two global crops (Sinkhorn over the global batch, and from
+    `queue_start_epochs` on over the queue's past projections too, scored against today's prototypes) predicted
+    from every other crop. The queue takes this device's unit projections of the two global crops, newest first,
+    and drops the oldest (solo-learn's swav.py: filled from the first step, used from its start epoch)."""
+    scores = jnp.stack([out["projection"] for out in student])
+    if not state["queue"].shape[1]:  # queue_size 0: no queue
+        loss, aux = losses.swav_loss(scores, None, True, temperature, epsilon, sinkhorn_iterations,
+                                     axis_name=context.axis_name)
+        return loss, aux, state
+    queue = state["queue"]
+    queue_scores = queue @ models.unit_columns(context.params["projector"]["prototypes_v"])
+    use_queue = context.step >= queue_start_epochs * context.steps_per_epoch
+    loss, aux = losses.swav_loss(scores, queue_scores, use_queue, temperature, epsilon, sinkhorn_iterations,
+                                 axis_name=context.axis_name)
+    newest = lax.stop_gradient(jnp.stack([student[i]["embedding"] for i in GLOBAL_CROPS]))
+    queue = jnp.concatenate([newest, queue[:, :queue.shape[1] - newest.shape[1]]], axis=1)
+    return loss, dict(aux, queue_in_use=use_queue.astype(jnp.float32)), {"queue": queue}
+
+
+def _swav_queue(output_dims, num_devices, settings):
+    """SwAV's queue: each device's past unit projections of the two global crops, [2, queue_size / devices, d],
+    zeros at first (of length 0 with queue_size 0: no queue). Kept per device and never averaged: Sinkhorn's sums run over every
+    device, so the devices' queues together are the one queue of a single device holding the global batch (the
+    same examples: the last queue_size / batch steps'), and the trajectory does not depend on the device count."""
+    size = int(settings.get("queue_size", 0))
+    return {"queue": jnp.zeros((2, size // num_devices, output_dims["embedding"]), jnp.float32)}
+
+
+def _check_swav(config):
+    """A queue that holds whole global batches (each step replaces the oldest one)."""
+    size, batch = config.loss.get("queue_size", 0), config.batch_size
+    if size < 0 or size % batch:
+        fit = max(1, round(size / batch)) * batch
+        raise ValueError(f"config.loss.queue_size={size} is not a multiple of the global batch {batch}: SwAV's "
+                         f"queue takes whole batches; use {fit} (or 0 for no queue).")
+
+
+def _running_covariance(output_dims, num_devices, settings):
     """TiCo's running covariance of the projections, starting at zero."""
-    return {"cov": losses.tico_initial_cov(output_dim)}
+    return {"cov": losses.tico_initial_cov(output_dims["projection"])}
 
 
-def _dino_center(output_dim):
+def _dino_center(output_dims, num_devices, settings):
     """DINO's centre of the teacher's outputs, starting at zero."""
-    return {"center": losses.dino_initial_center(output_dim)}
+    return {"center": losses.dino_initial_center(output_dims["projection"])}
 
 
 METHODS = {
@@ -182,9 +231,12 @@ METHODS = {
     "barlow_twins": Method(_barlow),
     "simsiam": Method(_simsiam, predictor=True),
     "moco_v3": Method(_moco_v3, predictor=True, ema_target=True),
-    "dino": Method(_dino, local_crops=True, prototypes=True, ema_target=True, initial_state=_dino_center,
+    "dino": Method(_dino, local_crops=True, prototypes="dino", ema_target=True, initial_state=_dino_center,
                    state_rules={"center": AVERAGED},
                    frozen_at_start=((("projector", "last_layer_v"), 1.0),)),  # official freeze_last_layer=1
+    "swav": Method(_swav, local_crops=True, prototypes="swav", initial_state=_swav_queue,
+                   state_rules={"queue": PER_DEVICE}, check_config=_check_swav,
+                   frozen_at_start=((("projector", "prototypes_v"), 2.0),)),  # solo-learn freeze_prototypes_epochs
 }
 
 

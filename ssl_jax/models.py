@@ -363,12 +363,44 @@ class DINOHead(nn.Module):
             x = nn.gelu(x, approximate=False)
         x = dense(self.bottleneck_dim, name=f"linear{self.num_layers}")(x)
         x = _unit_rows(x.astype(jnp.float32))
-        v = self.param("last_layer_v", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
-                       (self.bottleneck_dim, self.out_dim), jnp.float32)
-        w = v * lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=0, keepdims=True), 1e-24))
+        v = self.param("last_layer_v", _TORCH_LINEAR_INIT, (self.bottleneck_dim, self.out_dim), jnp.float32)
+        w = unit_columns(v)
         if not self.norm_last_layer:
             w = w * self.param("last_layer_g", nn.initializers.ones, (self.out_dim,), jnp.float32)
         return x @ w
+
+
+_TORCH_LINEAR_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
+
+
+def unit_columns(v):
+    """Each column of v [d, K] scaled to unit norm: a weight-normalised layer's weight with g = 1 (torch's
+    ``weight_norm(Linear)`` with ``weight_g`` fixed at 1), the prototypes of DINO's and SwAV's heads."""
+    return v * lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=0, keepdims=True), 1e-24))
+
+
+class SwAVHead(nn.Module):
+    """SwAV's projection head and prototypes (Caron et al. 2020, Sec. 3.1; solo-learn's swav.py): `MLPHead`
+    (Linear-BN-ReLU per hidden layer, then Linear to ``projection_dim``), its output L2-normalised (z), and the
+    scores z . c_k against ``num_prototypes`` prototypes c_k of unit norm. Returns (z, scores).
+
+    The prototypes are the parameter ``prototypes_v`` [projection_dim, K], normalised at every call (solo-learn:
+    ``weight_norm`` with ``weight_g`` fixed at 1; the official main_swav.py instead renormalises the weight in
+    place before each step, which gives the same forward pass and the gradient without its projection on the
+    unit sphere). Initialised as torch's default Linear. Float32 after the MLP."""
+    hidden_dims: Sequence[int]
+    projection_dim: int
+    num_prototypes: int
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool, num_views: int = 1):
+        z = MLPHead(tuple(self.hidden_dims), self.projection_dim, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                    name="mlp")(x, train, num_views)
+        z = _unit_rows(z.astype(jnp.float32))
+        v = self.param("prototypes_v", _TORCH_LINEAR_INIT, (self.projection_dim, self.num_prototypes), jnp.float32)
+        return z, z @ unit_columns(v)
 
 
 def _unit_rows(x, eps=1e-12):
@@ -402,7 +434,8 @@ class SSLNet(nn.Module):
     vit_pooling: str = "cls"
     pos_embedding: str = "sincos2d"
     vit_depth: int = 0
-    num_prototypes: int = 0  # > 0: DINO's head (`DINOHead`) as the projector, with this many prototypes
+    num_prototypes: int = 0  # > 0: a prototype head (`prototype_head`) as the projector, with this many prototypes
+    prototype_head: str = "dino"  # with num_prototypes: 'dino' (`DINOHead`) or 'swav' (`SwAVHead`)
     dino_head_bn: bool = False  # BatchNorm after the DINO head's hidden layers (official use_bn_in_head)
 
     @property
@@ -410,11 +443,18 @@ class SSLNet(nn.Module):
         return self.predictor_dim > 0
 
     def _projector(self, name):
-        """MLPHead, or with `num_prototypes` > 0 DINO's head: `projector_hidden` its hidden layers (all one
-        width), `projection_dim` its bottleneck, `num_prototypes` its weight-normalised last layer."""
+        """MLPHead, or with `num_prototypes` > 0 the `prototype_head`: SwAV's (`projector_hidden` its MLP's
+        hidden layers, `projection_dim` its z, `num_prototypes` its prototypes) or DINO's (`projector_hidden` its
+        hidden layers, all one width, `projection_dim` its bottleneck, `num_prototypes` its weight-normalised last
+        layer)."""
         if not self.num_prototypes:
             return MLPHead(tuple(self.projector_hidden), self.projection_dim, last_bn=self.projector_last_bn,
                            dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=name)
+        if self.prototype_head not in ("dino", "swav"):
+            raise ValueError(f"prototype_head={self.prototype_head!r} is not known; use 'dino' or 'swav'.")
+        if self.prototype_head == "swav":
+            return SwAVHead(tuple(self.projector_hidden), self.projection_dim, self.num_prototypes, dtype=self.dtype,
+                            bn_axis_name=self.bn_axis_name, name=name)
         hidden = tuple(self.projector_hidden)
         if len(set(hidden)) > 1 or self.projector_last_bn:
             raise ValueError(f"config.model.num_prototypes={self.num_prototypes} builds DINO's head, whose hidden "
@@ -435,6 +475,8 @@ class SSLNet(nn.Module):
         )(x, train, num_views).astype(jnp.float32)
         proj = self._projector(name="projector")(feats, train, num_views)
         out = {"features": feats, "projection": proj}
+        if isinstance(proj, tuple):  # SwAV's head: the unit projection z and its prototype scores
+            out.update(embedding=proj[0], projection=proj[1])
         if self.has_predictor and use_predictor:
             out["prediction"] = head(tuple(self.predictor_hidden), self.predictor_dim,
                                      name="predictor")(proj, train, num_views)
@@ -499,10 +541,12 @@ def backbone_settings(model_cfg: Mapping[str, Any]) -> dict:
 
 
 def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
-                 bn_axis_name: str | None = None, conv_impl: str | None = None) -> SSLNet:
+                 bn_axis_name: str | None = None, conv_impl: str | None = None,
+                 prototype_head: str = "dino") -> SSLNet:
     """SSLNet from a ConfigDict / mapping (name, width, stem, projector_hidden, projection_dim,
     projector_last_bn, predictor_hidden, predictor_dim, num_prototypes, and for ViTs patch_size, vit_pooling,
-    pos_embedding, vit_depth); missing keys take SSLNet's defaults. Fails here, with one line, on a
+    pos_embedding, vit_depth); missing keys take SSLNet's defaults. `prototype_head` ('dino' or 'swav': the
+    method's, `methods.Method.prototypes`) is the head built when num_prototypes > 0. Fails here, with one line, on a
     backbone name, ViT setting or ViT-incompatible ResNet option that cannot work."""
     d = SSLNet.__dataclass_fields__
     get = lambda k, field: model_cfg.get(k, d[field].default)  # noqa: E731
@@ -525,6 +569,7 @@ def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
         vit_depth=int(get("vit_depth", "vit_depth")),
         num_prototypes=int(get("num_prototypes", "num_prototypes")),
         dino_head_bn=bool(get("dino_head_bn", "dino_head_bn")),
+        prototype_head=prototype_head,
     )
     check_backbone_options(net.backbone, net.stem, net.conv_impl, net.zero_init_residual)
     if net.backbone in vit.VIT_SIZES:

@@ -71,7 +71,9 @@ def check_method_config(config, method):
     if method.predictor and not model.predictor_dim:
         raise ValueError(f"config.method={config.method!r} needs a predictor; set config.model.predictor_dim > 0 "
                          "(and config.model.predictor_hidden).")
-    if method.prototypes != bool(model.num_prototypes):
+    if method.check_config:
+        method.check_config(config)
+    if bool(method.prototypes) != bool(model.num_prototypes):
         raise ValueError(f"config.model.num_prototypes={model.num_prototypes}, but {config.method!r} "
                          + ("scores prototypes: set it > 0 (e.g. 4096)." if method.prototypes else
                             "has no prototype head: set it to 0."))
@@ -112,7 +114,8 @@ def build_experiment(config, dataset=None):
     steps_per_epoch = batches.steps_per_epoch(len(dataset.train.labels), config.batch_size)
     total_steps = train_step.steps_for(config.num_epochs, config.num_train_steps, steps_per_epoch)
     net = models.make_ssl_net(config.model, compute_dtype(config.model.dtype), bn_axis_name=sharding.AXIS,
-                              conv_impl=conv_impl(config.model.conv_impl))
+                              conv_impl=conv_impl(config.model.conv_impl),
+                              prototype_head=method.prototypes or "dino")
     tx, schedule = optim.make_optimizer(config.optimizer, config.batch_size, steps_per_epoch, total_steps)
     return Experiment(config=config, dataset=dataset, dp=dp, net=net, method=method, tx=tx, schedule=schedule,
                       probe=train_step.LinearProbe(dataset.num_classes),
@@ -126,7 +129,7 @@ def initial_state(exp):
     crop = config.augment.view1.crop_size
     return train_step.create_train_state(
         jax.random.key(config.seed), exp.net, exp.probe, exp.method, exp.tx, exp.probe_tx,
-        (crop, crop, image_shape[2]), num_devices=exp.dp.num_devices)
+        (crop, crop, image_shape[2]), num_devices=exp.dp.num_devices, loss_settings=dict(config.loss))
 
 
 def crop_groups(config):

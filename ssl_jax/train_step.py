@@ -49,9 +49,9 @@ def ema_update(target, online, decay):
     return jax.tree.map(lambda t, o: decay * t + (1.0 - decay) * o, target, online)
 
 
-def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape, num_devices=1):
-    """Initialises every slot of the state on the host's default device; the method's PER_DEVICE state holds
-    `num_devices` copies."""
+def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape, num_devices=1, loss_settings=None):
+    """Initialises every slot of the state on the host's default device; the method's state from its
+    `loss_settings` (config.loss), its PER_DEVICE parts with `num_devices` copies."""
     init_key, probe_key, state_key = jax.random.split(rng, 3)
     dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
     variables = jax.jit(functools.partial(net.init, train=False))(init_key, dummy)
@@ -67,7 +67,7 @@ def create_train_state(rng, net, probe, method, tx, probe_tx, image_shape, num_d
         opt_state=tx.init(params),
         target_params=jax.tree.map(jnp.copy, params) if has_target else {},
         target_batch_stats=jax.tree.map(jnp.copy, batch_stats) if has_target else {},
-        loss_state=method.init_state(outputs["projection"].shape[-1], num_devices),
+        loss_state=method.init_state({k: v.shape[-1] for k, v in outputs.items()}, num_devices, loss_settings),
         probe_params=probe_params,
         probe_opt_state=probe_tx.init(probe_params),
         rng=jax.random.key_data(state_key),
@@ -194,7 +194,7 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, crop_gro
             teacher = lax.stop_gradient(teacher)
 
         context = methods.StepContext(axis_name=axis_name, step=state.step, steps_per_epoch=steps_per_epoch,
-                                      key=jax.random.fold_in(key, LOSS_KEY_ID), batch=batch)
+                                      key=jax.random.fold_in(key, LOSS_KEY_ID), batch=batch, params=state.params)
         method_state = _local_state(method, state.loss_state)
 
         def loss_fn(params):

@@ -32,7 +32,7 @@ def _queue_loss(student, teacher, state, context, temperature=0.5):
 
 TOY = methods.Method(
     _queue_loss,
-    initial_state=lambda output_dim: {"queue": jnp.full((QUEUE_LENGTH,), -1.0), "mean_index": jnp.zeros(()),
+    initial_state=lambda output_dims, num_devices, settings: {"queue": jnp.full((QUEUE_LENGTH,), -1.0), "mean_index": jnp.zeros(()),
                                       "key_word": jnp.zeros(())},
     state_rules={"queue": methods.PER_DEVICE, "mean_index": methods.AVERAGED, "key_word": methods.AVERAGED})
 

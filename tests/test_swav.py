@@ -148,3 +148,86 @@ def test_swav_loss_on_eight_devices_with_their_own_queues_equals_one_device_with
 def test_swav_loss_refuses_a_single_crop():
     with pytest.raises(ValueError, match="C >= 2"):
         losses.swav_loss(unit_scores(11, (1, B, K)))
+
+
+# ----------------------------------------------------------------------------
+# The method in the train step: its queue, its frozen prototypes, its errors.
+# ----------------------------------------------------------------------------
+
+def _swav_run(num_devices, steps, queue_size=32, batch_size=16, **overrides):
+    """A tiny SwAV run (width-4 ResNet-18, 24 prototypes, the queue in use from the first step); returns the
+    experiment, the host state after each step (the initial one first) and the losses."""
+    import helpers
+    from ssl_jax import sharding
+    from ssl_jax import train
+
+    config = helpers.tiny_config("swav_cifar", batch_size=batch_size, steps=steps, num_devices=num_devices, **{
+        "model.num_prototypes": 24, "loss.queue_size": queue_size, "loss.queue_start_epochs": 0.0,
+        "optimizer.warmup_epochs": 0.0, **overrides})
+    exp = train.build_experiment(config, helpers.synthetic_dataset(num_train=64))
+    state = exp.dp.put_state(train.initial_state(exp))
+    states, values = [sharding.local_copy(exp.dp.get_state(state))], []
+    for step in range(steps):
+        state, metrics = train.run_steps(exp, state, step, 1)
+        states.append(sharding.local_copy(exp.dp.get_state(state)))
+        values.append(float(metrics["loss"]))
+    return exp, states, values
+
+
+def _queue_in_global_order(queue, batch_size):
+    """[devices, 2, L / devices, d] per-device queues -> [2, L, d] as one device would hold them: newest step first,
+    each step's examples in global order (device 0's, then device 1's, ...)."""
+    devices, crops, local_length, dim = queue.shape
+    local_batch = batch_size // devices
+    steps = local_length // local_batch
+    by_step = queue.reshape(devices, crops, steps, local_batch, dim)
+    return np.transpose(by_step, (1, 2, 0, 3, 4)).reshape(crops, steps * batch_size, dim)
+
+
+def test_the_queue_holds_the_last_steps_projections_newest_first_and_follows_the_device_count():
+    """After 3 steps a queue of 2 global batches holds the unit projections of steps 3 and 2, newest first (older
+    slots drop out), on 1 device and, each device keeping its own examples, on 8; the losses agree."""
+    exp1, states1, losses1 = _swav_run(1, 3)
+    exp8, states8, losses8 = _swav_run(8, 3)
+    q1, q8 = states1[-1].loss_state["queue"], states8[-1].loss_state["queue"]
+    assert q1.shape == (1, 2, 32, 16) and q8.shape == (8, 2, 4, 16)
+    np.testing.assert_allclose(np.linalg.norm(q1, axis=-1), 1.0, rtol=1e-5)  # every slot filled, unit rows
+    np.testing.assert_allclose(_queue_in_global_order(q8, 16), q1[0], rtol=2e-3, atol=2e-4)
+    # Newest first: step 3's first 16 rows differ from step 2's, which sit behind them.
+    q_step2 = states1[-2].loss_state["queue"][0]
+    np.testing.assert_array_equal(q1[0][:, 16:], q_step2[:, :16])
+    np.testing.assert_allclose(losses8, losses1, rtol=(1e-4, 2e-3, 5e-2)[len(losses1) - 1])
+    np.testing.assert_allclose(losses8[0], losses1[0], rtol=1e-5)
+
+
+def test_the_queue_is_not_used_before_its_start_epoch():
+    """With the start at epoch 1 (4 steps of 16 from 64 images) the queue fills but the codes ignore it."""
+    exp, states, losses_ = _swav_run(1, 2, **{"loss.queue_start_epochs": 1.0})
+    exp0, states0, losses0 = _swav_run(1, 2, queue_size=0)
+    np.testing.assert_allclose(losses_, losses0, rtol=1e-5)
+    assert np.abs(states[-1].loss_state["queue"]).sum() > 0
+    assert states0[-1].loss_state["queue"].shape == (1, 2, 0, 16)
+
+
+def test_swav_freezes_its_prototypes_for_two_epochs():
+    exp, states, _ = _swav_run(1, 10)
+    assert exp.steps_per_epoch == 4
+    prototypes = [s.params["projector"]["prototypes_v"] for s in states]
+    for step in range(1, 9):  # steps 0-7: the first two epochs
+        np.testing.assert_array_equal(prototypes[step], prototypes[0])
+    assert not np.array_equal(prototypes[10], prototypes[8])
+    mlp = [s.params["projector"]["mlp"] for s in states]
+    assert not np.array_equal(jax.tree.leaves(mlp[1])[0], jax.tree.leaves(mlp[0])[0])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"loss.queue_size": 44}, r"queue_size=44 is not a multiple of the global batch 16.*use 48"),
+    ({"model.num_prototypes": 0}, "scores prototypes: set it > 0"),
+])
+def test_bad_swav_settings_get_one_line_errors(overrides, message):
+    import helpers
+    from ssl_jax import train
+
+    config = helpers.tiny_config("swav_cifar", batch_size=16, **overrides)
+    with pytest.raises(ValueError, match=message):
+        train.build_experiment(config, helpers.synthetic_dataset())
