@@ -16,7 +16,8 @@ LOSS_OF_METHOD = {"simclr": losses.nt_xent, "byol": losses.byol_loss, "vicreg": 
                   "tico": losses.tico_loss, "vicreg_tico": losses.vicreg_tico_loss,
                   "barlow_twins": losses.barlow_twins_loss, "simsiam": losses.simsiam_loss,
                   "moco_v3": losses.moco_v3_loss,
-                  "dino": methods.METHODS["dino"].loss}  # its loss function: the teacher-temperature schedule's keys too
+                  "dino": methods.METHODS["dino"].loss,  # its loss function: the teacher-temperature schedule's keys too
+                  "swav": methods.METHODS["swav"].loss}  # its loss function: the queue's keys too
 
 
 def test_every_registered_method_has_a_config():
@@ -32,18 +33,18 @@ def test_config_matches_the_registry(method):
         entry = methods.get_method(config.method)
         assert config.method == method
         assert (config.model.predictor_dim > 0) == entry.predictor
-        assert (config.model.num_prototypes > 0) == entry.prototypes
+        assert (config.model.num_prototypes > 0) == bool(entry.prototypes)
         accepted = set(inspect.signature(LOSS_OF_METHOD[method]).parameters)
         assert set(config.loss) <= accepted - {"axis_name"}
 
 
 def test_unknown_method_is_rejected():
-    with pytest.raises(ValueError, match="config.method='swav'"):  # not yet a method (was 'dino' before DINO)
-        methods.get_method("swav")
+    with pytest.raises(ValueError, match="config.method='mae'"):  # not yet a method (was 'swav' before SwAV)
+        methods.get_method("mae")
 
 
 def test_tico_state_starts_at_zero():
-    state = methods.get_method("tico").init_state(6)
+    state = methods.get_method("tico").init_state({"projection": 6})
     assert state["cov"].shape == (6, 6) and float(abs(state["cov"]).sum()) == 0.0
 
 

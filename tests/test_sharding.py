@@ -45,13 +45,21 @@ def _assert_trees_close(a, b, rtol, atol):
                                    err_msg=jax.tree_util.keystr(path))
 
 
+def _shared_loss_state(state):
+    """The loss state without its per-device parts (a queue has one copy per device, its length split among them:
+    the method's own tests compare it in global order, e.g. tests/test_swav.py)."""
+    return {k: v for k, v in state.loss_state.items() if not k.startswith("queue")}
+
+
 def _assert_same_step(run_a, run_b, rtol=1e-4, atol=1e-5):
-    """The same state (every slot, optimizer state included) and metrics, up to float rounding."""
+    """The same state (every slot, optimizer state included, the loss state's shared parts) and metrics, up to
+    float rounding."""
     (state_a, metrics_a), (state_b, metrics_b) = run_a, run_b
     assert sorted(metrics_a) == sorted(metrics_b)
     _assert_trees_close(metrics_a, metrics_b, rtol, atol)
     for slot in STATE_SLOTS:
-        _assert_trees_close(getattr(state_a, slot), getattr(state_b, slot), rtol, atol)
+        pick = _shared_loss_state if slot == "loss_state" else (lambda state: getattr(state, slot))
+        _assert_trees_close(pick(state_a), pick(state_b), rtol, atol)
     assert int(state_a.step) == int(state_b.step)
 
 
@@ -95,7 +103,8 @@ def test_every_method_trains_and_eight_devices_follow_one(config_name):
         assert np.mean(one_values[-6:]) < np.mean(one_values[:6]), one_values
     for key, value in one_final.loss_state.items():
         assert np.abs(value).sum() > 0, f"loss state {key} was not updated"
-        np.testing.assert_allclose(value, value.T, atol=1e-6)
+        if value.ndim == 2:  # a covariance
+            np.testing.assert_allclose(value, value.T, atol=1e-6)
     eight_first, eight_values, _ = _run(config_name, 8, 3, tracked=tracked)
     _assert_same_step(one_first, eight_first)
     _assert_losses_follow(eight_values, one_values[:3])
