@@ -372,7 +372,8 @@ def train(exp, workdir, stop_after_steps=None):
     """
     config = exp.config
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, run_files.CHECKPOINT_DIR),
-                                           config.checkpoint_every_steps, config.keep_checkpoints)
+                                           config.checkpoint_every_steps, config.keep_checkpoints,
+                                           config_json=config.to_json())
     state, start_step = restore_or_init(exp, checkpointer)
     if jax.process_index() == 0:
         metrics_log.truncate(workdir, start_step)
