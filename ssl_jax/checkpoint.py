@@ -6,6 +6,11 @@ buffer per dtype (`pack`), since orbax's work grows with the number of arrays, n
 calls `save`; the state is replicated, so each holds the same buffers. A save costs the training loop only a copy
 of the state on its devices: the host copy, the check, the packing and orbax's own work run on a writer thread
 (docs/benchmarks.md, "Checkpoints and evaluation in the loop").
+
+Packing drops the leaves' names, so every checkpoint also records each leaf's path, shape and dtype (`leaf_specs`)
+and the config that wrote it, in orbax's step metadata (`_CHECKPOINT_METADATA`, a few KB). `restore` compares them
+with the template's and refuses a checkpoint of another state (`StateMismatch`) even when its sizes per dtype agree;
+`describe` (or `python -m ssl_jax.checkpoint DIR`) lists a checkpoint's named arrays.
 """
 import concurrent.futures
 import contextlib
@@ -30,6 +35,11 @@ def _abstract(tree):
 
 class CheckpointError(Exception):
     """A checkpoint could not be written or read; the message says what to do."""
+
+
+class StateMismatch(CheckpointError):
+    """The checkpoint holds another state than the template (other leaves, shapes or dtypes): written by another
+    config or another version of the code. Not a damaged checkpoint: `restore_latest_readable` raises it."""
 
 
 class StateRefused(Exception):
@@ -77,6 +87,66 @@ def _packed_sizes(template):
     return sizes
 
 
+def leaf_specs(tree):
+    """`[(path, shape, dtype), ...]` of `tree`'s leaves in `jax.tree.flatten` order (the order `pack` writes):
+    path as `jax.tree_util.keystr` (e.g. "['params']['conv']['kernel']"), shape a tuple, dtype its numpy name."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [(jax.tree_util.keystr(path), tuple(int(n) for n in np.shape(leaf)), np.dtype(leaf.dtype).name)
+            for path, leaf in leaves]
+
+
+SPECS_KEY, CONFIG_KEY = "leaves", "config"  # the step metadata's keys (orbax custom_metadata)
+SHOWN_DIFFERENCES = 3  # a mismatch names this many differing leaves
+
+
+def _specs_from_json(saved):
+    return [(path, tuple(shape), dtype) for path, shape, dtype in saved]
+
+
+def _format_spec(spec):
+    return "absent" if spec is None else f"{spec[0]} {spec[1]}"
+
+
+def spec_differences(saved, expected):
+    """`[(path, saved (shape, dtype) or None, expected (shape, dtype) or None), ...]` for each leaf that differs,
+    in the checkpoint's order, then the template's leaves the checkpoint lacks; [] when they agree leaf for leaf
+    (an order that differs with the same leaves counts: `pack` relies on it)."""
+    saved_by_path = {path: (shape, dtype) for path, shape, dtype in saved}
+    expected_by_path = {path: (shape, dtype) for path, shape, dtype in expected}
+    differences = [(path, spec, expected_by_path.get(path)) for path, *_ in saved
+                   for spec in [saved_by_path[path]] if expected_by_path.get(path) != spec]
+    differences += [(path, None, spec) for path, spec in expected_by_path.items() if path not in saved_by_path]
+    if not differences and [p for p, *_ in saved] != [p for p, *_ in expected]:
+        differences = [(p, saved_by_path[p], expected_by_path[p]) for (p, *_), (q, *_) in zip(saved, expected)
+                       if p != q]
+    return differences
+
+
+def config_summary(config_json):
+    """A few words naming the config in `config_json` (method, model, width, batch), or None."""
+    if not config_json:
+        return None
+    try:
+        config = json.loads(config_json)
+        model = config.get("model", {})
+        return (f"method={config.get('method')} model={model.get('name')} width={model.get('width')} "
+                f"batch_size={config.get('batch_size')}")
+    except (ValueError, AttributeError):
+        return config_json[:200]
+
+
+def mismatch_message(step, directory, differences, config_json):
+    """One line: the first differing leaves (saved vs expected), the config that wrote the checkpoint, what to do."""
+    shown = "; ".join(f"{path}: saved {_format_spec(saved)}, this run's state {_format_spec(expected)}"
+                      for path, saved, expected in differences[:SHOWN_DIFFERENCES])
+    more = (f" (and {len(differences) - SHOWN_DIFFERENCES} more)" if len(differences) > SHOWN_DIFFERENCES else "")
+    summary = config_summary(config_json)
+    written = f"; it was written by the config {summary}" if summary else ""
+    return (f"the checkpoint at step {step} in {directory} holds another state than this run's "
+            f"(differing leaves: {len(differences)}: {shown}{more}){written}. Resume it with the config (and code) "
+            "that wrote it, or pass another --workdir to start this config afresh.")
+
+
 def unpack(packed, template):
     """`template`'s structure with its leaves cut from `packed` (see `pack`): numpy arrays, or jax.Arrays with the
     template leaf's sharding where it has one."""
@@ -120,8 +190,11 @@ class Checkpointer:
     still intact.
     """
 
-    def __init__(self, directory, save_every_steps, keep=2):
+    def __init__(self, directory, save_every_steps, keep=2, config_json=None):
+        """`config_json`: the run's config as JSON (`config.to_json()`), recorded with every checkpoint so that a
+        mismatch at restore can name the config that wrote it; None records none."""
         self.directory = os.path.abspath(directory)
+        self.config_json = config_json
         check_writable(self.directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(1, save_every_steps),
                                                create=True, enable_async_checkpointing=True)
@@ -154,7 +227,8 @@ class Checkpointer:
         if reason:
             raise StateRefused(step, reason)
         with self._save_errors():
-            self.manager.save(step, args=ocp.args.StandardSave(pack(host_state)), force=force)
+            self.manager.save(step, args=ocp.args.StandardSave(pack(host_state)), force=force,
+                              custom_metadata={SPECS_KEY: leaf_specs(host_state), CONFIG_KEY: self.config_json})
 
     def poll(self):
         """Raises the error of a save that has finished with one (`StateRefused`, `CheckpointError`); never waits."""
@@ -167,31 +241,49 @@ class Checkpointer:
             pending.result()
 
     def restore(self, template_state, step=None):
-        """The state saved at `step` (default the latest), with the shapes, dtypes and shardings of the template."""
+        """The state saved at `step` (default the latest), with the shapes, dtypes and shardings of the template.
+
+        Raises `StateMismatch` unless the checkpoint's leaves (path, shape, dtype) are the template's. Packed
+        checkpoints written before the leaves were recorded restore when their sizes per dtype agree (the only check
+        they allow; the names cannot be checked), as do the unpacked ones written before packing (orbax checks
+        each array)."""
         step = self.latest_step() if step is None else step
         template = flax.serialization.to_state_dict(template_state)
         metadata = self.manager.item_metadata(step)
         if metadata and all(key.startswith(PACKED_PREFIX) for key in metadata.keys()):
-            saved = {key: int(np.prod(metadata[key].shape)) for key in metadata.keys()}
-            sizes = _packed_sizes(template)
-            if saved != sizes:
-                raise CheckpointError(f"the checkpoint at step {step} holds {saved} values but this run's state has "
-                                      f"{sizes}: it was written by another config (a different model or method).")
-            empty = {key: np.zeros(size, np.dtype(key[len(PACKED_PREFIX):])) for key, size in sizes.items()}
+            self._check_packed(step, {key: int(np.prod(metadata[key].shape)) for key in metadata.keys()}, template)
+            empty = {key: np.zeros(size, np.dtype(key[len(PACKED_PREFIX):]))
+                     for key, size in _packed_sizes(template).items()}
             restored = unpack(self.manager.restore(step, args=ocp.args.StandardRestore(empty)), template)
         else:  # written before packing: one orbax array per leaf
             restored = self.manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
         return flax.serialization.from_state_dict(template_state, restored)
 
+    def _check_packed(self, step, saved_sizes, template):
+        """Raises `StateMismatch` unless the packed checkpoint at `step` was written from a state like `template`:
+        leaf for leaf where it records its leaves, else by the sizes per dtype."""
+        recorded = self.manager.metadata(step).custom_metadata or {}
+        if recorded.get(SPECS_KEY) is not None:
+            differences = spec_differences(_specs_from_json(recorded[SPECS_KEY]), leaf_specs(template))
+            if differences:
+                raise StateMismatch(mismatch_message(step, self.directory, differences, recorded.get(CONFIG_KEY)))
+        elif saved_sizes != _packed_sizes(template):
+            raise StateMismatch(f"the checkpoint at step {step} holds {saved_sizes} values but this run's state has "
+                                f"{_packed_sizes(template)}: it was written by another config (a different model or "
+                                "method). Resume it with the config that wrote it, or pass another --workdir.")
+
     def restore_latest_readable(self, template_state, check=None):
         """`(state, step, skipped)`: the newest checkpoint that restores (and passes `check(state)`, which returns
         None or why the state is unusable), or `(None, None, skipped)`. `skipped` lists `(step, reason)` for each
-        newer one passed over (see `set_aside`)."""
+        newer one passed over (see `set_aside`). A checkpoint of another state raises `StateMismatch`: it is the
+        wrong workdir or config, not a damaged file, and nothing is set aside."""
         skipped = []
         for step in self.all_steps():
             try:
                 state = self.restore(template_state, step)
                 reason = check(state) if check else None
+            except StateMismatch:
+                raise  # not damage: every checkpoint here was written from another state
             except Exception as e:  # noqa: BLE001 -- whatever a damaged checkpoint raises, the next one is tried
                 state, reason = None, f"{type(e).__name__}: {errors.first_line(e)}"
             if reason is None:
@@ -237,6 +329,48 @@ class Checkpointer:
 
 
 
+def _open_read_only(directory):
+    """A read-only CheckpointManager on `directory`, or on `directory`/checkpoints for a run's workdir."""
+    from ssl_jax import run_files
+
+    directory = os.path.abspath(directory)
+    nested = os.path.join(directory, run_files.CHECKPOINT_DIR)
+    directory = nested if os.path.isdir(nested) else directory
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    return ocp.CheckpointManager(directory, options=options, item_handlers=ocp.StandardCheckpointHandler())
+
+
+def describe(directory, step=None):
+    """`(step, [(path, shape, dtype), ...], config_json or None)` of the checkpoint at `step` (default the latest)
+    in `directory` (a checkpoint directory or a run's workdir): its named arrays as `leaf_specs` gives them, and the
+    config that wrote it. Reads metadata only. A packed checkpoint written before the leaves were recorded lists
+    its packed buffers (`packed_float32`, ...); one written before packing lists its arrays."""
+    manager = _open_read_only(directory)
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise CheckpointError(f"no checkpoint at step {step} in {manager.directory} (steps: "
+                                  f"{sorted(manager.all_steps())}); pass a checkpoint directory or a run's workdir.")
+        recorded = manager.metadata(step).custom_metadata or {}
+        if recorded.get(SPECS_KEY) is not None:
+            return step, _specs_from_json(recorded[SPECS_KEY]), recorded.get(CONFIG_KEY)
+        tree = manager.item_metadata(step)
+        return step, leaf_specs(dict(tree.items()) if hasattr(tree, "items") else tree), None
+    finally:
+        manager.close()
+
+
+def main(argv):
+    """`python -m ssl_jax.checkpoint DIR [STEP]`: prints the checkpoint's step, the config that wrote it and one
+    line per named array (path, shape, dtype)."""
+    if len(argv) not in (2, 3):
+        raise SystemExit("usage: python -m ssl_jax.checkpoint DIR [STEP]  (DIR: a workdir or its checkpoints/)")
+    step, specs, config_json = describe(argv[1], int(argv[2]) if len(argv) == 3 else None)
+    print(f"step {step}; written by config: {config_summary(config_json) or 'not recorded'}")
+    for path, shape, dtype in specs:
+        print(f"{path} {shape} {dtype}")
+
+
 def export_encoder(directory, params, batch_stats, model_config):
     """Writes the backbone's variables and the settings needed to rebuild it to `directory`: ENCODER_CONFIG_FILE
     holds `models.backbone_settings` (name, width and stem for a ResNet; name, patch size, pooling, position
@@ -275,3 +409,12 @@ def load_encoder(directory, dtype="float32"):
         return backbone.apply(variables, images, train=False).astype("float32")
 
     return encode, variables
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        main(sys.argv)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -263,9 +263,10 @@ def main(argv):
     apply, variables = checkpoint.load_encoder(encoder_dir)
 
     @jax.jit
-    def encode(images):
+    def encode_images(variables, images):  # the weights an argument, not constants compiled into the program
         return apply(variables, augment.normalize(images.astype(jnp.float32) / 255.0))
 
+    encode = functools.partial(encode_images, variables)
     results = evaluate_backbone(encode, dataset, eval_config, seed=config.seed)
     results.update(encoder=os.path.abspath(encoder_dir), data=dataset.source)
     output = FLAGS.output or os.path.join(FLAGS.workdir or encoder_dir, run_files.FROZEN_EVAL_FILE)

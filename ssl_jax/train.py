@@ -4,6 +4,7 @@
 live elsewhere (losses, augmentations, the per-device step); this module does the I/O around them.
 """
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -161,16 +162,17 @@ def host_batches(exp, start_step, end_step=None):
                                  jax.process_index(), jax.process_count())
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def encode_images(net, variables, images):
+    """uint8 images -> `net`'s backbone features in eval mode. The variables are an argument, not constants baked
+    into the program: every evaluation of a network of the same shapes reuses one compilation."""
+    x = augment.normalize(images.astype(jnp.float32) / 255.0)
+    return net.apply(variables, x, train=False, use_predictor=False)["features"]
+
+
 def make_encode_fn(net, params, batch_stats):
-    """uint8 images -> backbone features, in eval mode, jitted."""
-    variables = {"params": params, "batch_stats": batch_stats}
-
-    @jax.jit
-    def encode(images):
-        x = augment.normalize(images.astype(jnp.float32) / 255.0)
-        return net.apply(variables, x, train=False, use_predictor=False)["features"]
-
-    return encode
+    """uint8 images -> backbone features of these parameters (`encode_images`, compiled once per network)."""
+    return functools.partial(encode_images, net, {"params": params, "batch_stats": batch_stats})
 
 
 def evaluate_state(exp, state, linear=True):
@@ -375,7 +377,8 @@ def train(exp, workdir, stop_after_steps=None):
     """
     config = exp.config
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, run_files.CHECKPOINT_DIR),
-                                           config.checkpoint_every_steps, config.keep_checkpoints)
+                                           config.checkpoint_every_steps, config.keep_checkpoints,
+                                           config_json=config.to_json())
     state, start_step = restore_or_init(exp, checkpointer)
     if jax.process_index() == 0:
         metrics_log.truncate(workdir, start_step)

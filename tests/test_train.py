@@ -1,4 +1,5 @@
 """End-to-end training: loss goes down on mock TFDS data and on an image folder, exact resume, the command line."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -101,6 +102,25 @@ def test_run_again_resumes_instead_of_starting_over(tmp_path, capsys):
     state = train.train(train.build_experiment(config, dataset), workdir)
     assert "Resuming from the checkpoint at step 2" in capsys.readouterr().out
     assert int(sharding.local_copy(state.step)) == 2
+
+
+def test_evaluations_of_two_states_compile_the_encoder_once(monkeypatch):
+    """The weights are arguments of the jitted encoder, not constants compiled into it: the periodic evaluation of
+    a new state reuses the first compilation (counted as traces: normalize runs once per trace), and still sees
+    the new weights."""
+    exp = train.build_experiment(helpers.tiny_config(), helpers.synthetic_dataset(num_train=32, num_test=16))
+    first = sharding.local_copy(train.initial_state(exp))
+    second = dataclasses.replace(first, params=jax.tree.map(lambda x: -2 * x, first.params))
+    traces = []
+    normalize = train.augment.normalize
+    monkeypatch.setattr(train.augment, "normalize", lambda x: traces.append(1) or normalize(x))
+    train.encode_images.clear_cache()
+    for state in (first, second):
+        train.evaluate_state(exp, exp.dp.put_state(state), linear=False)
+    assert len(traces) == 1
+    images = exp.dataset.test.images[:4]
+    features = [np.asarray(train.make_encode_fn(exp.net, s.params, s.batch_stats)(images)) for s in (first, second)]
+    assert not np.allclose(features[0], features[1])
 
 
 def test_ema_schedule_end_points():
