@@ -195,9 +195,10 @@ def _swav(student, teacher, state, context, temperature=0.1, epsilon=0.05, sinkh
 
 def _swav_queue(output_dims, num_devices, settings):
     """SwAV's queue: each device's past unit projections of the two global crops, [2, queue_size / devices, d],
-    zeros at first (of length 0 with queue_size 0: no queue). Kept per device and never averaged: Sinkhorn's sums run over every
-    device, so the devices' queues together are the one queue of a single device holding the global batch (the
-    same examples: the last queue_size / batch steps'), and the trajectory does not depend on the device count."""
+    zeros at first (of length 0 with queue_size 0: no queue). Kept per device and never averaged: Sinkhorn's sums
+    run over every device, so the devices' queues together are the one queue of a single device holding the
+    global batch (the same examples: the last queue_size / batch steps'), and the trajectory does not depend on
+    the device count."""
     size = int(settings.get("queue_size", 0))
     return {"queue": jnp.zeros((2, size // num_devices, output_dims["embedding"]), jnp.float32)}
 
