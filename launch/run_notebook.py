@@ -3,8 +3,9 @@
     python launch/run_notebook.py --data=../shared/data/cifar10-jpeg.tar.gz
 
 The notebook's settings cell reads SSL_JAX_* environment variables, set here: SSL_JAX_NOTEBOOK_HEADLESS=1 (no clone,
-no pip install, no Google Drive; the training cell runs the :smoke network for 2 steps with a short evaluation
-instead of the full recipe), SSL_JAX_REPO_DIR (this checkout), SSL_JAX_DATA_PATH (--data), SSL_JAX_WORK_ROOT
+no pip install, no Google Drive, no full-length training), SSL_JAX_TRAIN_STEPS (--train_steps: 0 skips the
+training cell's run and the cells after it read the smoke test's outputs; N runs the :smoke network N steps with a
+short evaluation instead of the full recipe), SSL_JAX_REPO_DIR (this checkout), SSL_JAX_DATA_PATH (--data), SSL_JAX_WORK_ROOT
 (--workdir), SSL_JAX_CONFIG (--config) and SSL_JAX_EXTRA_FLAGS (--extra_flags, appended to both training commands).
 On Colab none is set and the notebook keeps its defaults.
 
@@ -36,6 +37,9 @@ def parse_args(argv):
     parser.add_argument("--config", default="configs/simclr_cifar.py", help="the notebook's CONFIG")
     parser.add_argument("--extra_flags", default="", help="flags appended to both training commands, e.g. "
                         "'--config.model.width=4 --config.num_train_steps=2'")
+    parser.add_argument("--train_steps", type=int, default=0, help="the training cell's run: N steps of the :smoke "
+                        "network with a short evaluation; 0 (default) skips it, and the cells after it read the smoke "
+                        "test's outputs")
     parser.add_argument("--cell_timeout", type=int, default=600, help="seconds one cell may run (default 600)")
     parser.add_argument("--startup_timeout", type=int, default=120, help="seconds the kernel may take to start")
     return parser.parse_args(argv)
@@ -88,6 +92,7 @@ def run(args):
         "SSL_JAX_DATA_PATH": os.path.abspath(args.data) if args.data else "",
         "SSL_JAX_CONFIG": args.config,
         "SSL_JAX_EXTRA_FLAGS": args.extra_flags,
+        "SSL_JAX_TRAIN_STEPS": str(args.train_steps),
         "JUPYTER_PATH": os.pathsep.join(p for p in (kernels, os.environ.get("JUPYTER_PATH")) if p),
     })
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
