@@ -76,14 +76,14 @@ def first_line(cell):
     return lines[0][:100] if lines else ""
 
 
-def run(args):
+def run(args, kernels):
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="ssl_jax_notebook_"))
     os.makedirs(workdir, exist_ok=True)
-    kernels = write_kernel_spec(tempfile.mkdtemp(prefix="ssl_jax_kernel_"))
+    kernels = write_kernel_spec(kernels)
     # Read by the notebook's settings cell, through the kernel's environment.
     os.environ.update({
         "SSL_JAX_NOTEBOOK_HEADLESS": "1",
@@ -143,7 +143,9 @@ def run(args):
 
 
 def main(argv=None):
-    return run(parse_args(sys.argv[1:] if argv is None else argv))
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory(prefix="ssl_jax_kernel_") as kernels:
+        return run(args, kernels)
 
 
 if __name__ == "__main__":
