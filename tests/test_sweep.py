@@ -12,16 +12,19 @@ import ml_collections
 import pytest
 
 import helpers
+from ssl_jax import config_files
+from ssl_jax import methods
 from ssl_jax import sweep as sweep_lib
 from ssl_jax import sweep_cells
 from ssl_jax import sweep_report
 from ssl_jax import sweep_runner
+from ssl_jax import train
 
 SWEEP_DIR = os.path.join(helpers.CONFIG_DIR, "sweeps")
 SHIPPED = {  # file: {variant: cells}
     "simclr_vs_byol": {"": 14, "cpu": 6},
     "vicreg_tico": {"": 3, "resnet50": 3, "cpu": 3},
-    "all_methods": {"": 8, "long": 8, "cpu": 8},
+    "all_methods": {v: len(config_files.METHOD_CONFIGS) for v in ("", "long", "cpu")},  # every method
 }
 
 
@@ -149,6 +152,7 @@ def test_shipped_sweeps_build_every_cell_config(name):
         for cell in cells:
             config = sweep_cells.cell_config(sweep, cell)
             assert config.method == cell.method
+            train.check_method_config(config, methods.get_method(cell.method))  # e.g. a queue of whole batches
         for entry in sweep.published:
             assert entry["metric"] in ("knn_top1", "linear_top1") and entry["source"] and entry["method"] in {
                 c.method for c in cells}
