@@ -176,10 +176,24 @@ def base_config():
 
     config.eval = ml_collections.ConfigDict(dict(
         every_epochs=0,              # > 0: kNN accuracy every n epochs during training
-        knn_k=200,                   # Wu et al. 2018 weighted kNN, as in SimCLR/solo-learn
-        knn_temperature=0.1,
-        linear_epochs=100,           # offline linear evaluation on frozen features
+        knn_preset="lightly",        # Wu et al. 2018 weighted kNN: 'lightly' k=200, T=0.1 (InstDisc / lightly's
+                                     # benchmark) or 'solo_learn' k=20, T=0.07 (solo/utils/knn.py); evaluate.knn_settings
+        knn_k=0,                     # > 0: overrides the preset's k
+        knn_temperature=0.0,         # > 0: overrides the preset's temperature
+        linear_protocol="probe_cached",  # 'probe_cached': the fast probe (AdamW on cached, un-augmented, standardised
+                                     # features; linear_probe.py); 'sgd_augmented': the papers' protocol (linear_sgd.py)
+        linear_epochs=100,           # probe_cached: epochs and batch of the fast probe
         linear_batch_size=256,
+        sgd_linear=ml_collections.ConfigDict(dict(  # sgd_augmented: solo-learn's linear protocol (linear_sgd.py)
+            epochs=100,              # solo-learn scripts/linear/*/*.yaml max_epochs: 100
+            batch_size=256,          # optimizer.batch_size: 256 (lr scaled by batch / 256 in solo/args/linear.py)
+            learning_rate=0.1,       # optimizer.lr: 0.1 (imagenet-100/barlow.yaml, imagenet/byol.yaml; 0.1-3.0 by method)
+            momentum=0.9,            # solo/args/linear.py: SGD momentum default 0.9
+            weight_decay=0.0,        # optimizer.weight_decay: 0
+            schedule="step",         # scheduler.name: step -> MultiStepLR per epoch (solo/methods/linear.py); or 'none'
+            lr_decay_epochs=(60, 80),  # scheduler.lr_decay_steps: [60, 80]
+            lr_decay_factor=0.1,     # MultiStepLR gamma=0.1 (solo/methods/linear.py)
+        )),
         max_train_examples=0,        # 0: the whole train split for kNN/linear eval
         batch_size=1000,             # feature-extraction batch
         random_init=True,            # also evaluate the network at random initialisation (eval.json *_random_init)

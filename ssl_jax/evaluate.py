@@ -10,9 +10,16 @@ Recipes:
     Feature Learning via Non-Parametric Instance Discrimination" (InstDisc), as used to
     monitor SSL runs by the MoCo CIFAR-10 demo and solo-learn (``solo/utils/knn.py``):
     L2-normalised features, cosine similarity, top-k neighbours, weights ``exp(sim / T)``,
-    class score = sum of neighbour weights per class. Defaults k=200, T=0.1 follow the
-    MoCo CIFAR-10 demo's kNN monitor (InstDisc itself: k=200, T=0.07).
-  * Linear probe: `ssl_jax.linear_probe.linear_eval`.
+    class score = sum of neighbour weights per class. Two named settings (`KNN_PRESETS`,
+    `config.eval.knn_preset`, resolved by `knn_settings`): 'lightly' k=200, T=0.1 (the MoCo
+    CIFAR-10 demo's kNN monitor and lightly's benchmarks; InstDisc itself: k=200, T=0.07) and
+    'solo_learn' k=20, T=0.07 (solo-learn's ``solo/utils/knn.py`` defaults). Every result
+    carries the k and T it used (``knn_k``, ``knn_temperature``).
+  * Linear evaluation, two protocols (`LINEAR_PROTOCOLS`, `config.eval.linear_protocol`): the
+    fast probe 'probe_cached' (AdamW on cached, un-augmented, standardised features;
+    `ssl_jax.linear_probe.linear_eval`) and the papers' 'sgd_augmented' (SGD with momentum on
+    the frozen backbone's features of augmented images, solo-learn's settings;
+    `ssl_jax.linear_sgd`). Every result names its protocol (``linear_protocol``).
 """
 from __future__ import annotations
 
@@ -26,11 +33,52 @@ import numpy as np
 from ssl_jax import linear_probe
 
 __all__ = [
+    "KNN_PRESETS",
+    "LINEAR_PROTOCOLS",
+    "knn_settings",
+    "linear_protocol",
     "extract_features",
     "knn_classify",
     "knn_accuracy",
     "topk_accuracy",
 ]
+
+
+# ----------------------------------------------------------------------------------------
+# Named settings
+# ----------------------------------------------------------------------------------------
+
+KNN_PRESETS = {
+    "lightly": (200, 0.1),     # InstDisc's k with the MoCo CIFAR-10 demo's T; lightly's benchmark knn_k/knn_t
+    "solo_learn": (20, 0.07),  # solo-learn solo/utils/knn.py WeightedKNNClassifier(k=20, T=0.07)
+}
+LINEAR_PROTOCOLS = ("probe_cached", "sgd_augmented")
+
+
+def knn_settings(eval_config):
+    """(k, temperature) of `eval_config` (``config.eval``): the preset ``knn_preset`` ('lightly' by default),
+    with ``knn_k`` / ``knn_temperature`` overriding it where they are > 0. The one place kNN settings are read."""
+    preset = eval_config.get("knn_preset", "lightly") or "lightly"
+    if preset not in KNN_PRESETS:
+        raise ValueError(f"config.eval.knn_preset={preset!r} is not known; choose one of "
+                         f"{', '.join(repr(p) for p in KNN_PRESETS)} (k/T: "
+                         f"{', '.join(f'{p}={k}/{t}' for p, (k, t) in KNN_PRESETS.items())}).")
+    k, temperature = KNN_PRESETS[preset]
+    if (eval_config.get("knn_k") or 0) > 0:
+        k = int(eval_config.get("knn_k"))
+    if (eval_config.get("knn_temperature") or 0) > 0:
+        temperature = float(eval_config.get("knn_temperature"))
+    return k, temperature
+
+
+def linear_protocol(eval_config):
+    """The linear protocol `eval_config` names (``linear_protocol``, 'probe_cached' by default); ValueError if
+    unknown."""
+    protocol = eval_config.get("linear_protocol", "probe_cached") or "probe_cached"
+    if protocol not in LINEAR_PROTOCOLS:
+        raise ValueError(f"config.eval.linear_protocol={protocol!r} is not known; choose one of "
+                         f"{', '.join(repr(p) for p in LINEAR_PROTOCOLS)}.")
+    return protocol
 
 
 # ----------------------------------------------------------------------------------------
@@ -155,12 +203,23 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, num_c
 # A frozen backbone on a data set, and the command line
 # ----------------------------------------------------------------------------------------
 
-def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, linear: bool = True) -> dict:
+def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, linear: bool = True,
+                      backbone=None, mesh=None, log_fn=None) -> dict:
     """kNN (and linear) accuracy of the features ``encode_fn`` gives ``dataset`` (``.train``/``.test`` splits of
-    uint8 images and labels, ``.num_classes``), with ``eval_config``'s settings (``config.eval``): k, T, linear
-    epochs and batch, and ``max_train_examples`` (a random subset of the train split, chosen by ``seed``)."""
+    uint8 images and labels, ``.num_classes``), with ``eval_config``'s settings (``config.eval``): the kNN preset
+    and overrides (`knn_settings`), the linear protocol (`linear_protocol`) and its settings, and
+    ``max_train_examples`` (a random subset of the train split, chosen by ``seed``). The results carry
+    ``knn_k``, ``knn_temperature`` and, with ``linear``, ``linear_protocol``.
+
+    The 'sgd_augmented' protocol trains on augmented images, so it needs the backbone itself: ``backbone`` is
+    ``(features_fn, variables)`` as `linear_sgd.sgd_linear_eval` takes them, ``mesh`` its devices."""
     import time
 
+    knn_k, knn_temperature = knn_settings(eval_config)
+    protocol = linear_protocol(eval_config)
+    if linear and protocol == "sgd_augmented" and backbone is None:
+        raise ValueError("linear_protocol='sgd_augmented' needs the backbone (features_fn, variables), not only "
+                         "its encode function")
     train_images, train_labels = dataset.train.images, dataset.train.labels
     limit = eval_config.max_train_examples
     if limit and limit < len(train_labels):
@@ -171,22 +230,38 @@ def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, 
     test_features = extract_features(encode_fn, dataset.test.images, eval_config.batch_size)
     results = {"knn_top1": knn_accuracy(
         train_features, train_labels, test_features, dataset.test.labels, dataset.num_classes,
-        k=eval_config.knn_k, temperature=eval_config.knn_temperature)}
-    if linear:
+        k=knn_k, temperature=knn_temperature), "knn_k": knn_k, "knn_temperature": knn_temperature}
+    if linear and protocol == "probe_cached":
         results.update(linear_probe.linear_eval(
             train_features, train_labels, test_features, dataset.test.labels, dataset.num_classes,
             epochs=eval_config.linear_epochs, batch_size=eval_config.linear_batch_size, seed=seed))
+    elif linear:
+        from ssl_jax import linear_sgd
+
+        features_fn, variables = backbone
+        results.update(linear_sgd.sgd_linear_eval(
+            features_fn, variables, train_images, train_labels, dataset.test.images, dataset.test.labels,
+            dataset.num_classes, eval_config.sgd_linear, seed=seed, mesh=mesh, log_fn=log_fn))
+    if linear:
+        results["linear_protocol"] = protocol
     results["eval_seconds"] = time.perf_counter() - start
     return results
 
 
+SETTING_KEYS = ("knn_k", "knn_temperature", "linear_protocol")  # the settings a result carries beside its figures
+
+
 def format_results(results: dict) -> str:
-    """One line: every accuracy in ``results``, the random-initialisation baseline beside its figure."""
+    """One line: every accuracy in ``results``, the random-initialisation baseline beside its figure, then the kNN
+    setting and the linear protocol that produced them."""
     parts = []
     for key in ("knn_top1", "linear_top1", "linear_top5"):
         if key in results:
             base = results.get(f"{key}_random_init")
             parts.append(f"{key}={results[key]:.4f}" + (f" (random init {base:.4f})" if base is not None else ""))
+    if "knn_k" in results:
+        parts.append(f"[kNN k={results['knn_k']} T={results['knn_temperature']:g}")
+        parts[-1] += f"; linear {results['linear_protocol']}]" if "linear_protocol" in results else "]"
     return " ".join(parts)
 
 
@@ -221,7 +296,8 @@ def _load_run(workdir, encoder_dir):
 
 def main(argv):
     """`python -m ssl_jax.evaluate --workdir=DIR` (or `--encoder=DIR --data=PATH`): kNN and linear evaluation
-    of a saved encoder; prints the results and writes them to DIR/eval_frozen.json (or --output)."""
+    of a saved encoder; prints the results and writes them to DIR/eval_frozen.json (or --output). `--knn=lightly`
+    or `--knn=solo_learn` picks the kNN setting, `--linear_protocol=probe_cached|sgd_augmented` the linear one."""
     import json
     import os
     import sys
@@ -250,9 +326,21 @@ def main(argv):
     config = config or config_lib.base_config()
     cpu_tuning.configure_xla_cpu(config.xla_cpu_flags)  # before JAX starts its backend
     eval_config = config.eval
-    for key in ("knn_k", "linear_epochs", "max_train_examples"):
+    for key, value in config_lib.base_config().eval.items():  # a run written before a setting existed: its default
+        if key not in eval_config:
+            eval_config[key] = value
+    if FLAGS.knn is not None:  # a preset names both k and T: the run's overrides give way to it
+        eval_config.knn_preset, eval_config.knn_k, eval_config.knn_temperature = FLAGS.knn, 0, 0.0
+    for key in ("knn_k", "knn_temperature", "linear_protocol", "linear_epochs", "max_train_examples"):
         if FLAGS[key].value is not None:
             eval_config[key] = FLAGS[key].value
+    if FLAGS.sgd_epochs is not None:
+        eval_config.sgd_linear.epochs = FLAGS.sgd_epochs
+    try:
+        knn_settings(eval_config)
+        linear_protocol(eval_config)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     data_config = config.data
     try:
         dataset = data.load_dataset(FLAGS.dataset or data_config.name, path=FLAGS.data or data_config.path or None,
@@ -267,7 +355,11 @@ def main(argv):
         return apply(variables, augment.normalize(images.astype(jnp.float32) / 255.0))
 
     encode = functools.partial(encode_images, variables)
-    results = evaluate_backbone(encode, dataset, eval_config, seed=config.seed)
+    from ssl_jax import sharding
+
+    mesh = sharding.make_mesh(config.get("num_devices", 0)) if linear_protocol(eval_config) == "sgd_augmented" else None
+    results = evaluate_backbone(encode, dataset, eval_config, seed=config.seed, backbone=(apply, variables),
+                                mesh=mesh, log_fn=print)
     results.update(encoder=os.path.abspath(encoder_dir), data=dataset.source)
     output = FLAGS.output or os.path.join(FLAGS.workdir or encoder_dir, run_files.FROZEN_EVAL_FILE)
     with open(output, "w") as f:
@@ -282,8 +374,16 @@ def _define_flags():
     flags.DEFINE_string("encoder", None, "An exported encoder directory (WORKDIR/encoder).")
     flags.DEFINE_string("data", None, "A local data copy; default: the run's config.data.path, else TFDS/download.")
     flags.DEFINE_string("dataset", None, "cifar10 or cifar100; default: the run's config.data.name.")
-    flags.DEFINE_integer("knn_k", None, "kNN neighbours; default: the run's config.eval.knn_k.")
-    flags.DEFINE_integer("linear_epochs", None, "Linear-probe epochs; default: the run's config.eval.linear_epochs.")
+    flags.DEFINE_enum("knn", None, list(KNN_PRESETS), "kNN setting by name: 'lightly' (k=200, T=0.1) or "
+                      "'solo_learn' (k=20, T=0.07); default: the run's config.eval.knn_preset and overrides.")
+    flags.DEFINE_integer("knn_k", None, "kNN neighbours (overrides the preset); default: the run's.")
+    flags.DEFINE_float("knn_temperature", None, "kNN temperature (overrides the preset); default: the run's.")
+    flags.DEFINE_enum("linear_protocol", None, list(LINEAR_PROTOCOLS),
+                      "'probe_cached' (the fast probe: AdamW on cached un-augmented features) or 'sgd_augmented' "
+                      "(the papers': SGD on augmented images' features, solo-learn's settings); default: the run's.")
+    flags.DEFINE_integer("linear_epochs", None, "Fast-probe (probe_cached) epochs; default: the run's "
+                         "config.eval.linear_epochs.")
+    flags.DEFINE_integer("sgd_epochs", None, "sgd_augmented epochs; default: the run's config.eval.sgd_linear.epochs.")
     flags.DEFINE_integer("max_train_examples", None, "Train subset for kNN/linear (0: all); default: the run's.")
     flags.DEFINE_string("output", None, "Where to write the results; default DIR/eval_frozen.json.")
 

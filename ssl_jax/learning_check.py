@@ -233,6 +233,7 @@ def check_method(method, dataset, margin=DEFAULT_MARGIN, steps=DEFAULT_STEPS, wi
         "method": method, "config": config_files.CHECKED_CONFIGS[method], "network": config_lib.backbone_name(config),
         "steps": steps, "width": width,
         "knn_top1": trained["knn_top1"], "linear_top1": trained["linear_top1"],
+        **{key: trained[key] for key in evaluate_settings_keys()},
         "knn_top1_random_init": baseline["knn_top1_random_init"],
         "linear_top1_random_init": baseline["linear_top1_random_init"],
         "knn_gain": gain, "losses": losses, "feature_rank_random_init": initial_rank,
@@ -241,9 +242,23 @@ def check_method(method, dataset, margin=DEFAULT_MARGIN, steps=DEFAULT_STEPS, wi
     }
 
 
+def evaluate_settings_keys():
+    from ssl_jax import evaluate
+
+    return evaluate.SETTING_KEYS
+
+
+def _settings_words(r):
+    """' (k=200, T=0.1)' and ' (probe_cached)' for a result that records its settings, else ''."""
+    if "knn_k" not in r:
+        return "", ""
+    return f" (k={r['knn_k']}, T={r['knn_temperature']:g})", f" ({r.get('linear_protocol', '?')})"
+
+
 def markdown_table(results, margin):
-    rows = ["| method | kNN top-1 | linear top-1 | random init kNN / linear | kNN gain | loss, first -> last | "
-            "feature rank, init -> last | verdict |", "|---|---|---|---|---|---|---|---|"]
+    knn_words, linear_words = _settings_words(results[0]) if results else ("", "")
+    rows = [f"| method | kNN top-1{knn_words} | linear top-1{linear_words} | random init kNN / linear | kNN gain | "
+            "loss, first -> last | feature rank, init -> last | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         first, last = r["losses"][0][1], r["losses"][-1][1]
         verdict = "learns" if r["passed"] else r["failure"]
@@ -272,8 +287,9 @@ def report_table(root):
         epochs = f"{losses[-1]['epoch']:.0f}" if losses else ""
         base = (f"{r['knn_top1_random_init']:.1%} / {r['linear_top1_random_init']:.1%}"
                 if "knn_top1_random_init" in r else "")
-        rows.append(f"| {method} | {r.get('batch_size', '')} | {epochs} | {r['knn_top1']:.1%} | "
-                    f"{r['linear_top1']:.1%} / {r['linear_top5']:.1%} | {base} | {loss} |")
+        knn_words, linear_words = _settings_words(r)
+        rows.append(f"| {method} | {r.get('batch_size', '')} | {epochs} | {r['knn_top1']:.1%}{knn_words} | "
+                    f"{r['linear_top1']:.1%} / {r['linear_top5']:.1%}{linear_words} | {base} | {loss} |")
     return "\n".join(rows)
 
 

@@ -4,14 +4,18 @@ import csv
 import json
 import os
 
+from ssl_jax import evaluate
 from ssl_jax import metrics_log
 from ssl_jax import run_files
 from ssl_jax import sweep_cells
 
 METRICS = ("knn_top1", "linear_top1", "linear_top5")
 PLOT_AXES = ("epochs", "batch_size")
+SETTINGS = ("knn_k", "knn_temperature", "linear_protocol")  # what produced the figures (evaluate.SETTING_KEYS)
 RESULT_COLUMNS = ("cell", "method", "source", "epoch", "steps", "batch_size", *METRICS,
-                  *(f"{m}_random_init" for m in METRICS), "published", "status")
+                  *(f"{m}_random_init" for m in METRICS), *SETTINGS, "published", "status")
+PROTOCOL_WORDS = {"probe_cached": "fast probe: AdamW on cached un-augmented features",
+                  "sgd_augmented": "SGD on augmented images' features, solo-learn's protocol"}
 
 
 def _read_json(path):
@@ -48,6 +52,7 @@ def cell_rows(sweep, cells, cell, workdir):
     records = metrics_log.read_metrics(celldir)
     trained = [r for r in records if "train/loss" in r]
     base = dict(cell=cell.name, method=cell.method, **dict(cell.values))
+    base.update(_settings(results, config))
     base.update(batch_size=config.get("batch_size", cell.value("batch_size")),
                 status="finished" if results else ("interrupted" if trained else "not run"))
     if results:
@@ -68,6 +73,22 @@ def cell_rows(sweep, cells, cell, workdir):
         values = {a: row.get(a) for a in PLOT_AXES}
         row["published"] = "; ".join(map(describe_published, matching_published(sweep, cells, cell.method, values)))
     return rows
+
+
+def _settings(results, config):
+    """knn_k, knn_temperature, linear_protocol: from eval.json, else (a run written before they were recorded, or
+    not finished) from the cell's config.json; None where neither says."""
+    settings = {k: (results or {}).get(k) for k in SETTINGS}
+    eval_config = config.get("eval")
+    if eval_config:
+        try:
+            k, temperature = evaluate.knn_settings(eval_config)
+            protocol = evaluate.linear_protocol(eval_config)
+        except ValueError:
+            return settings
+        for key, value in zip(SETTINGS, (k, temperature, protocol)):
+            settings[key] = value if settings[key] is None else settings[key]
+    return settings
 
 
 def gather(sweep, workdir):
@@ -93,7 +114,15 @@ def markdown_report(sweep, rows, axes, plots):
     if sweep.note:
         lines += [sweep.note, ""]
     lines += [f"Epochs axis: {sweep_cells.EPOCHS_SOURCES[sweep.epochs_from]}", ""]
-    header = ["method", *axes, "trained", "kNN top-1 %", "linear top-1 / top-5 %", "random init kNN / linear %",
+    knn_settings = sorted({(r["knn_k"], r["knn_temperature"]) for r in rows
+                           if r.get("knn_top1") is not None and r.get("knn_k") is not None})
+    protocols = sorted({r["linear_protocol"] for r in rows
+                        if r.get("linear_top1") is not None and r.get("linear_protocol")})
+    knn_header = "kNN top-1 %" + (f" (k={knn_settings[0][0]}, T={knn_settings[0][1]:g})" if len(knn_settings) == 1
+                                  else " (k, T: see below)" if knn_settings else "")
+    linear_header = "linear top-1 / top-5 %" + (f" ({PROTOCOL_WORDS.get(protocols[0], protocols[0])})"
+                                                if len(protocols) == 1 else " (protocols: see below)" if protocols else "")
+    header = ["method", *axes, "trained", knn_header, linear_header, "random init kNN / linear %",
               "published", "status"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -105,11 +134,38 @@ def markdown_report(sweep, rows, axes, plots):
         cells = [r["method"], *(str(r.get(a, "")) for a in axes), _trained(r), _percent(r.get("knn_top1")),
                  linear, random_init, r["published"], status]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _settings_notes(sweep, rows, knn_settings, protocols)
     if sweep.published:
         lines += ["", "Published figures (percent; epochs, batch size, kNN or linear top-1, source):", ""]
         lines += [f"- {p['method']}: {describe_published(p)}" for p in sweep.published]
     lines += [""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _settings_notes(sweep, rows, knn_settings, protocols):
+    """The table's notes: which kNN setting and linear protocol each figure used, and where the published figures'
+    protocol differs from ours."""
+    notes = []
+    if len(knn_settings) > 1:
+        notes.append("kNN settings by cell: " + "; ".join(
+            f"{r['cell']} k={r['knn_k']}, T={r['knn_temperature']:g}" for r in rows
+            if r.get("knn_top1") is not None and r.get("knn_k") is not None and r["source"] != "one run, kNN during "
+            "training"))
+    if len(protocols) > 1:
+        notes.append("Linear protocol by cell: " + "; ".join(
+            f"{r['cell']} {r['linear_protocol']}" for r in rows if r.get("linear_top1") is not None))
+    published_metrics = {p["metric"] for p in sweep.published}
+    if "linear_top1" in published_metrics and "probe_cached" in protocols:
+        notes.append("The published linear figures are the papers' / solo-learn's protocol, SGD on the frozen "
+                     "features of augmented training images (sgd_augmented); the linear figures here marked "
+                     "probe_cached are the fast probe on cached, un-augmented features, a different protocol: rerun "
+                     "the evaluation with `python -m ssl_jax.evaluate --workdir=CELL --linear_protocol=sgd_augmented` "
+                     "for the same protocol.")
+    if "knn_top1" in published_metrics and knn_settings:
+        ours = ", ".join(f"k={k}, T={t:g}" for k, t in knn_settings)
+        notes.append(f"kNN settings differ between sources: ours {ours}; solo-learn's kNN uses k=20, T=0.07 "
+                     "(`--knn=solo_learn`), lightly's benchmark k=200, T=0.1 (`--knn=lightly`).")
+    return [""] + [f"Note: {n}" for n in notes] if notes else []
 
 
 def write_csv(path, rows, axes):

@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import time
+from typing import Any
 
 import flax
 import jax
@@ -105,6 +106,8 @@ def build_experiment(config, dataset=None):
     method = methods.get_method(config.method)
     check_method_config(config, method)
     check_crops(config, method)
+    evaluate.knn_settings(config.eval)      # a bad kNN preset or linear protocol fails now, not after training
+    evaluate.linear_protocol(config.eval)
     dp = sharding.DataParallel(sharding.make_mesh(config.num_devices), config.parallel,
                                state_specs=train_step.state_partition(method))
     sharding.check_batch_size(config.batch_size, dp.num_devices, jax.process_count())
@@ -175,18 +178,31 @@ def make_encode_fn(net, params, batch_stats):
     return functools.partial(encode_images, net, {"params": params, "batch_stats": batch_stats})
 
 
+@dataclasses.dataclass(frozen=True)
+class BackboneFeatures:
+    """`net`'s backbone in inference mode on normalised float images: `features_fn(variables, x)` for the
+    'sgd_augmented' linear protocol (linear_sgd.py). Equal for equal networks, so its compilation is reused."""
+    net: Any
+
+    def __call__(self, variables, x):
+        return self.net.apply(variables, x, train=False, use_predictor=False)["features"]
+
+
 def evaluate_state(exp, state, linear=True):
-    """kNN (and optionally linear) evaluation of the state's backbone on frozen features."""
+    """kNN (and optionally linear) evaluation of the state's backbone on frozen features (the linear protocol
+    config.eval.linear_protocol names)."""
     host_state = sharding.local_copy(exp.dp.get_state(state))
     encode = make_encode_fn(exp.net, host_state.params, host_state.batch_stats)
-    return evaluate.evaluate_backbone(encode, exp.dataset, exp.config.eval, exp.config.seed, linear=linear)
+    variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
+    return evaluate.evaluate_backbone(encode, exp.dataset, exp.config.eval, exp.config.seed, linear=linear,
+                                      backbone=(BackboneFeatures(exp.net), variables), mesh=exp.dp.mesh, log_fn=log)
 
 
 def evaluate_random_init(exp, linear=True):
     """The same evaluation of the network as it was before training (the config's seed): the baseline a
     self-supervised method must beat. Keys get the suffix '_random_init'."""
     results = evaluate_state(exp, exp.dp.put_state(initial_state(exp)), linear=linear)
-    return {f"{k}_random_init": v for k, v in results.items() if k != "eval_seconds"}
+    return {f"{k}_random_init": v for k, v in results.items() if k != "eval_seconds" and k not in evaluate.SETTING_KEYS}
 
 
 class TrainingDiverged(Exception):

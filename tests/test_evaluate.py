@@ -2,8 +2,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 
+from ssl_jax import config_lib
 from ssl_jax import evaluate as ev
 from ssl_jax import linear_probe
 
@@ -162,3 +164,63 @@ def test_extract_features_strips_padding_and_compiles_once():
                                rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(ev.extract_features(encode_fn, images, 64), direct,
                                rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------- named settings
+
+def _eval_config(**kw):
+    config = config_lib.base_config().eval
+    for key, value in kw.items():
+        config[key] = value
+    return config
+
+
+def test_knn_presets_resolve_to_their_settings():
+    assert ev.knn_settings(_eval_config()) == (200, 0.1)                         # the default: 'lightly'
+    assert ev.knn_settings(_eval_config(knn_preset="lightly")) == (200, 0.1)
+    assert ev.knn_settings(_eval_config(knn_preset="solo_learn")) == (20, 0.07)
+    # A config written before presets existed (explicit k and T, no preset) keeps its numbers.
+    old = ml_collections.ConfigDict(dict(knn_k=200, knn_temperature=0.1))
+    assert ev.knn_settings(old) == (200, 0.1)
+
+
+def test_knn_overrides_take_precedence_over_the_preset():
+    assert ev.knn_settings(_eval_config(knn_preset="solo_learn", knn_k=50)) == (50, 0.07)
+    assert ev.knn_settings(_eval_config(knn_preset="solo_learn", knn_temperature=0.2)) == (20, 0.2)
+    assert ev.knn_settings(_eval_config(knn_preset="lightly", knn_k=7, knn_temperature=0.5)) == (7, 0.5)
+    assert ev.knn_settings(_eval_config(knn_preset="solo_learn", knn_k=0, knn_temperature=0.0)) == (20, 0.07)
+    # The :smoke variant's k=20 is an override of the default preset: T stays 0.1 as before.
+    assert ev.knn_settings(config_lib.smoke(config_lib.base_config()).eval) == (20, 0.1)
+
+
+def test_bad_knn_preset_or_linear_protocol_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"knn_preset='instdisc'.*'lightly'.*'solo_learn'"):
+        ev.knn_settings(_eval_config(knn_preset="instdisc"))
+    with pytest.raises(ValueError, match=r"linear_protocol='sgd'.*'probe_cached'.*'sgd_augmented'"):
+        ev.linear_protocol(_eval_config(linear_protocol="sgd"))
+    assert ev.linear_protocol(_eval_config()) == "probe_cached"
+
+
+def test_evaluate_backbone_reports_its_settings():
+    """The results carry the k and T the kNN used and the linear protocol, and the kNN figure is the one those
+    settings give."""
+    import types
+
+    rng = np.random.default_rng(8)
+    def split(n):
+        labels = rng.integers(0, 3, n)
+        images = rng.integers(0, 120, (n, 4, 4, 3))
+        images[np.arange(n), :, :, labels] += 120
+        return types.SimpleNamespace(images=images.astype(np.uint8), labels=labels)
+    dataset = types.SimpleNamespace(train=split(60), test=split(30), num_classes=3)
+    encode = lambda images: np.asarray(images, np.float32).mean(axis=(1, 2))
+    config = _eval_config(knn_preset="solo_learn", knn_k=4, linear_epochs=2, batch_size=16)
+    res = ev.evaluate_backbone(encode, dataset, config)
+    assert (res["knn_k"], res["knn_temperature"], res["linear_protocol"]) == (4, 0.07, "probe_cached")
+    feats = lambda s: encode(s.images)
+    assert res["knn_top1"] == ev.knn_accuracy(feats(dataset.train), dataset.train.labels, feats(dataset.test),
+                                              dataset.test.labels, 3, k=4, temperature=0.07)
+    assert "linear_protocol" not in ev.evaluate_backbone(encode, dataset, config, linear=False)
+    assert ev.format_results(res).endswith("[kNN k=4 T=0.07; linear probe_cached]")
+    with pytest.raises(ValueError, match="sgd_augmented.*needs the backbone"):
+        ev.evaluate_backbone(encode, dataset, _eval_config(linear_protocol="sgd_augmented"))

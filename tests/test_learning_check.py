@@ -52,6 +52,7 @@ def test_check_method_compares_with_the_network_at_random_initialisation():
     assert lines and "step 3/3" in lines[-1] and "feature_rank" in lines[-1] and "step 0" in lines[0]
     table = learning_check.markdown_table([result], margin=0.04)
     assert "| simclr |" in table and "learns" in table
+    assert "kNN top-1 (k=5, T=0.1) | linear top-1 (probe_cached)" in table  # SMALL: eval.knn_k=5
 
 
 def test_a_diverging_run_fails_the_check():

@@ -133,6 +133,41 @@ def test_one_run_report_rows_come_from_the_metrics_log(tmp_path):
     assert "one run per line to the most epochs" in markdown
 
 
+def test_report_says_which_knn_setting_and_linear_protocol_and_where_published_differs(tmp_path):
+    """k and T in the kNN column's header, the protocol in the linear column's, and a note where the published
+    linear figures (SGD on augmented images) were made by another protocol than ours (the fast probe). A cell
+    without eval.json takes its settings from its config.json."""
+    published = [dict(method="simclr", epochs=2, metric="linear_top1", value=60.0, source="paper"),
+                 dict(method="simclr", epochs=2, metric="knn_top1", value=55.0, source="solo-learn")]
+    sweep = make_sweep([dict(method=["simclr"], epochs=[1, 2])], published=published)
+    first, second = sweep_cells.expand(sweep)
+    for cell in (first, second):
+        (tmp_path / cell.name).mkdir()
+    (tmp_path / first.name / "eval.json").write_text(json.dumps(dict(
+        knn_top1=0.5, linear_top1=0.5, linear_top5=0.9, step=4, knn_k=20, knn_temperature=0.07,
+        linear_protocol="probe_cached")))
+    (tmp_path / second.name / "config.json").write_text(json.dumps(dict(eval=dict(
+        knn_preset="solo_learn", knn_k=0, knn_temperature=0.0, linear_protocol="sgd_augmented"))))
+    rows = sweep_report.gather(sweep, str(tmp_path))
+    assert [(r["knn_k"], r["knn_temperature"], r["linear_protocol"]) for r in rows] == [
+        (20, 0.07, "probe_cached"), (20, 0.07, "sgd_augmented")]
+    markdown = sweep_report.markdown_report(sweep, rows, ["epochs"], [])
+    assert "kNN top-1 % (k=20, T=0.07)" in markdown
+    assert "linear top-1 / top-5 % (fast probe: AdamW on cached un-augmented features)" in markdown
+    assert "Note: The published linear figures are the papers'" in markdown and "probe_cached" in markdown
+    assert "solo-learn's kNN uses k=20, T=0.07" in markdown
+    sweep_report.write_csv(str(tmp_path / "results.csv"), rows, ["epochs"])
+    with open(tmp_path / "results.csv") as f:
+        written = list(csv.DictReader(f))
+    assert (written[0]["knn_k"], written[0]["knn_temperature"], written[0]["linear_protocol"]) == (
+        "20", "0.07", "probe_cached")
+    # Figures of the papers' protocol only: no protocol note.
+    rows[0]["linear_protocol"] = "sgd_augmented"
+    markdown = sweep_report.markdown_report(sweep, rows, ["epochs"], [])
+    assert "SGD on augmented images' features, solo-learn's protocol" in markdown
+    assert "Note: The published linear figures" not in markdown
+
+
 def test_sweep_eta_fits_overhead_plus_time_per_image():
     clock = sweep_runner.SweepClock()
     assert clock.eta([100]).startswith("unknown")

@@ -29,6 +29,11 @@ def _assert_results(results, workdir):
         assert 0.0 <= written[key] <= 1.0
         assert written[key] == pytest.approx(results[key])
     assert written["linear_top5"] >= written["linear_top1"]
+    # Every figure says what produced it: the kNN setting (tiny_config: k=5 over the 'lightly' preset's T=0.1) and
+    # the linear protocol; the random-init baseline's settings are the same, so they are not repeated.
+    assert (written["knn_k"], written["knn_temperature"]) == (5, 0.1)
+    assert written["linear_protocol"] == results["linear_protocol"]
+    assert "knn_k_random_init" not in written and "linear_protocol_random_init" not in written
 
 
 def _assert_trained_checkpoint(config, workdir):
@@ -65,12 +70,17 @@ def test_simclr_trains_on_an_image_folder(tmp_path):
 
 
 def test_simclr_trains_on_mock_tfds(tmp_path):
+    """Also the papers' linear protocol (sgd_augmented, 2 epochs) at the end of training, beside the fast probe of
+    the image-folder test above."""
     with tfds.testing.mock_data(num_examples=64):
-        config = helpers.tiny_config(steps=12, **{"data.download": False, "data.cache_dir": str(tmp_path / "c")})
+        config = helpers.tiny_config(steps=12, **{"data.download": False, "data.cache_dir": str(tmp_path / "c"),
+                                                  "eval.linear_protocol": "sgd_augmented", "eval.sgd_linear.epochs": 2,
+                                                  "eval.sgd_linear.batch_size": 32})
         workdir = str(tmp_path / "work")
         results = train.train_and_evaluate(config, workdir)
         assert np.isfinite(_losses(workdir)).all()
         _assert_results(results, workdir)
+        assert results["linear_protocol"] == "sgd_augmented" and "linear_train_top1" not in results
         _assert_trained_checkpoint(config, workdir)
 
 
@@ -174,7 +184,8 @@ def test_command_line_end_to_end(tmp_path):
     eval_json = json.loads((workdir / "eval.json").read_text())
     assert set(eval_json) >= {"knn_top1", "linear_top1", "linear_top5", "knn_top1_random_init",
                               "linear_top1_random_init", "linear_top5_random_init"}
-    assert "(random init " in result.stdout
+    assert (eval_json["knn_k"], eval_json["knn_temperature"], eval_json["linear_protocol"]) == (5, 0.1, "probe_cached")
+    assert "(random init " in result.stdout and "[kNN k=5 T=0.1; linear probe_cached]" in result.stdout
     again = _main(*args)
     assert again.returncode == 0 and "Resuming from the checkpoint at step 4" in again.stdout
 
@@ -186,10 +197,20 @@ def test_command_line_end_to_end(tmp_path):
     for key in ("knn_top1", "linear_top1", "linear_top5"):
         assert frozen[key] == pytest.approx(eval_json[key], abs=1e-6), key
     assert f"knn_top1={frozen['knn_top1']:.4f}" in evaluated.stdout
-    by_encoder = _main(f"--encoder={workdir / 'encoder'}", f"--data={folder}", "--knn_k=3", "--linear_epochs=1",
-                       f"--output={tmp_path / 'e.json'}", module="ssl_jax.evaluate")
+    assert (frozen["knn_k"], frozen["knn_temperature"], frozen["linear_protocol"]) == (5, 0.1, "probe_cached")
+    # One flag for both kNN settings (the run's k=5 gives way to the preset), one override on top; the papers'
+    # linear protocol, one epoch.
+    by_encoder = _main(f"--encoder={workdir / 'encoder'}", f"--data={folder}", "--knn=solo_learn", "--knn_k=3",
+                       "--linear_protocol=sgd_augmented", "--sgd_epochs=1", f"--output={tmp_path / 'e.json'}",
+                       module="ssl_jax.evaluate")
     assert by_encoder.returncode == 0, by_encoder.stderr[-3000:]
-    assert 0.0 <= json.loads((tmp_path / "e.json").read_text())["knn_top1"] <= 1.0
+    by_encoder_json = json.loads((tmp_path / "e.json").read_text())
+    assert 0.0 <= by_encoder_json["knn_top1"] <= 1.0 and 0.0 <= by_encoder_json["linear_top1"] <= 1.0
+    assert (by_encoder_json["knn_k"], by_encoder_json["knn_temperature"]) == (3, 0.07)
+    assert by_encoder_json["linear_protocol"] == "sgd_augmented"
+    assert "[kNN k=3 T=0.07; linear sgd_augmented]" in by_encoder.stdout
+    bad = _main(f"--workdir={workdir}", "--knn=instdisc", module="ssl_jax.evaluate")
+    assert bad.returncode != 0 and "lightly" in bad.stderr and "solo_learn" in bad.stderr
 
 
 def test_evaluate_command_rejects_a_directory_without_an_encoder(tmp_path):
