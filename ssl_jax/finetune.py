@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import flax.core
 
 from ssl_jax import augment
 from ssl_jax import evaluate
@@ -160,6 +161,7 @@ def make_train_step(backbone, tx, view: augment.ViewConfig, label_smoothing: flo
 
     @jax.jit
     def step(state, images, labels, indices, step_key):
+        step.traces += 1
         views = augment.augment_batch(augment.example_keys(step_key, indices, 0), images, view)
         views = augment.normalize(views)
 
@@ -172,6 +174,7 @@ def make_train_step(backbone, tx, view: augment.ViewConfig, label_smoothing: flo
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "batch_stats": stats, "opt_state": opt_state}, loss
 
+    step.traces = 0  # how many times jit traced it (tests: the two runs share one compilation)
     return step
 
 
@@ -192,7 +195,11 @@ def make_predict_fn(backbone):
 
 def random_init_variables(backbone, image_shape, seed: int):
     """The backbone's variables at random initialisation ({'params', 'batch_stats'}; the ViT has no statistics)."""
-    variables = backbone.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    # One program of the initialisers alone (lazy_init traces the forward pass as shapes): op by op, or with the
+    # forward pass compiled as well, a ResNet's initialisation takes many times longer on a CPU.
+    shape = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    variables = flax.core.unfreeze(jax.jit(lambda key: backbone.lazy_init(key, shape, train=False))(
+        jax.random.PRNGKey(seed)))
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
@@ -218,8 +225,10 @@ def fine_tune(step_fn, variables, head, opt_init, images, labels, *, epochs: int
     """Trains `variables` (the backbone's params and batch_stats) with the classifier `head` for `epochs` over
     (images, labels): each epoch a permutation from (seed, epoch); step s uses fold_in(PRNGKey(seed), s). Returns
     (params, batch_stats, {'steps', 'loss_first_epoch', 'loss_last_epoch', 'seconds'})."""
-    params = {"backbone": variables["params"], "head": head}
-    state = {"params": params, "batch_stats": variables.get("batch_stats", {}), "opt_state": opt_init(params)}
+    as_arrays = functools.partial(jax.tree.map, lambda x: jnp.asarray(x, jnp.float32))  # one compilation for both
+    params = as_arrays(flax.core.unfreeze({"backbone": variables["params"], "head": head}))
+    state = {"params": params, "batch_stats": as_arrays(flax.core.unfreeze(variables.get("batch_stats", {}))),
+             "opt_state": opt_init(params)}
     n = len(labels)
     batch, per_epoch, _ = schedule_steps(n, batch_size, epochs)
     key = jax.random.PRNGKey(seed)
@@ -262,7 +271,7 @@ def finetune_and_baseline(backbone, pretrained: dict, dataset, ft_config, seed: 
     image_shape = tuple(images.shape[1:])
     baseline = random_init_variables(backbone, image_shape, seed)
     pretrained = {"params": pretrained["params"], "batch_stats": pretrained.get("batch_stats", {}) or {}}
-    feature_dim = backbone.apply(baseline, jnp.zeros((1, *image_shape), jnp.float32), train=False).shape[-1]
+    feature_dim = jax.eval_shape(lambda: backbone.apply(baseline, jnp.zeros((1, *image_shape)), train=False)).shape[-1]
     head = init_head(jax.random.PRNGKey(seed + 1), feature_dim, dataset.num_classes, ft_config.head_init_std)
     ft_config = ft_config.copy_and_resolve_references() if hasattr(ft_config, "copy_and_resolve_references") \
         else ft_config
@@ -304,7 +313,7 @@ def format_line(results: dict) -> str:
     """`finetune top-1 pretrained X% | random init Y% | gain +Z points (N epochs, M train examples)`."""
     return (f"finetune top-1 pretrained {100 * results['finetune_top1']:.2f}% | random init "
             f"{100 * results['finetune_top1_random_init']:.2f}% | gain {results['finetune_gain_points']:+.2f} points "
-            f"({results['epochs']} epochs, {results['train_examples']} train examples)")
+            f"({results['epochs']} epoch{'s' * (results['epochs'] != 1)}, {results['train_examples']} train examples)")
 
 
 # ----------------------------------------------------------------------------------------

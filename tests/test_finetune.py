@@ -21,9 +21,14 @@ def _tiny_vit(depth=2, pos_embedding="learned"):
     return models.make_backbone("vit_tiny", patch_size=8, vit_depth=depth, pos_embedding=pos_embedding)
 
 
+def _shapes(backbone, size):
+    """The backbone's variables as shapes only (no computation)."""
+    return jax.eval_shape(lambda: backbone.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32),
+                                                train=False))
+
+
 def test_layer_decay_scales_of_a_tiny_vit_equal_a_hand_written_table():
-    backbone = _tiny_vit(depth=2)
-    variables = backbone.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32), train=False)
+    variables = _shapes(_tiny_vit(depth=2), 16)
     params = {"backbone": variables["params"], "head": finetune.init_head(jax.random.PRNGKey(1), 192, 10, 2e-5)}
     scales = finetune.layer_decay_scales(params, 0.5)
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): s
@@ -41,8 +46,7 @@ def test_layer_decay_scales_of_a_tiny_vit_equal_a_hand_written_table():
     assert flat["backbone/block1/attention/query/kernel"] == 0.25
     assert finetune.vit_depth(params) == 2
     # A ResNet (no blocks) and a decay of 1 scale nothing.
-    resnet = models.make_backbone("resnet18", width=2)
-    rparams = resnet.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32), train=False)["params"]
+    rparams = _shapes(models.make_backbone("resnet18", width=2), 8)["params"]
     assert set(jax.tree.leaves(finetune.layer_decay_scales(rparams, 0.5))) == {1.0}
     assert set(jax.tree.leaves(finetune.layer_decay_scales(params, 1.0))) == {1.0}
 
@@ -107,15 +111,16 @@ def test_finetuning_a_tiny_resnet_learns_and_changes_the_backbone_with_equal_bud
 
     def recording(step_fn, variables, head, *args, **kwargs):
         params, stats, info = original(step_fn, variables, head, *args, **kwargs)
-        runs.append((variables, params, stats, info))
+        runs.append((variables, params, stats, info, step_fn))
         return params, stats, info
 
     monkeypatch.setattr(finetune, "fine_tune", recording)
     results = finetune.finetune_and_baseline(backbone, pretrained, dataset, _fast_config(), seed=0,
                                              eval_batch_size=64)
     assert len(runs) == 2
-    (_, params, stats, info), (_, _, _, base_info) = runs
+    (_, params, stats, info, step_fn), (_, _, _, base_info, base_step_fn) = runs
     assert info["steps"] == base_info["steps"] == results["steps"] == 6 * (128 // 32)
+    assert step_fn is base_step_fn and step_fn.traces == 1  # the same step, compiled once for both runs
     # The whole backbone trained (unlike the linear probe), BatchNorm statistics updated.
     for before, after in zip(jax.tree.leaves(pretrained["params"]), jax.tree.leaves(params["backbone"])):
         assert not np.array_equal(np.asarray(before), np.asarray(after))
@@ -143,13 +148,20 @@ def test_a_vit_fine_tunes_without_batch_statistics():
 
 
 def test_command_line_on_a_finished_tiny_run(tmp_path):
-    from ssl_jax import train
+    """On the files a finished run leaves (config.json and encoder/, written by the functions that
+    `train.train_and_evaluate` uses, the encoder at initialisation): its pretraining is tests/test_train.py's."""
+    from ssl_jax import checkpoint
+    from ssl_jax import run_files
 
     folder = helpers.write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=48, num_test=16))
-    config = helpers.tiny_config(steps=2, **{"data.path": str(folder), "data.cache_dir": str(tmp_path / "cache"),
-                                             "eval.random_init": False, "eval.linear_epochs": 1})
+    config = helpers.tiny_config(steps=2, **{"data.path": str(folder), "data.cache_dir": str(tmp_path / "cache")})
     workdir = tmp_path / "run"
-    train.train_and_evaluate(config, str(workdir))
+    workdir.mkdir()
+    (workdir / run_files.CONFIG_FILE).write_text(config.to_json(indent=2))
+    backbone = models.make_backbone(**models.backbone_settings(config.model))
+    variables = jax.jit(lambda: finetune.random_init_variables(backbone, (32, 32, 3), seed=0))()
+    checkpoint.export_encoder(str(workdir / run_files.ENCODER_DIR), {"backbone": variables["params"]},
+                              {"backbone": variables["batch_stats"]}, config.model)
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-m", "ssl_jax.finetune", f"--workdir={workdir}", "--epochs=1",
                              "--max_train_examples=32", "--batch_size=16"], cwd=helpers.REPO, env=env,
