@@ -99,7 +99,7 @@ def scale_updates(scales) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def make_optimizer(ft_config, params, steps_per_epoch: int, total_steps: int):
+def make_optimizer(ft_config, params, total_steps: int):
     """AdamW on a warm-up + cosine schedule with the layer-wise scales of `params`; returns (tx, schedule, peak lr).
     """
     batch_size = int(ft_config.batch_size)
@@ -110,7 +110,6 @@ def make_optimizer(ft_config, params, steps_per_epoch: int, total_steps: int):
         optax.adamw(schedule, b1=ft_config.b1, b2=ft_config.b2, weight_decay=ft_config.weight_decay,
                     mask=optim.decay_mask),
         scale_updates(layer_decay_scales(params, ft_config.layer_decay)))
-    del steps_per_epoch
     return tx, schedule, peak_lr
 
 
@@ -265,7 +264,7 @@ def finetune_and_baseline(backbone, pretrained: dict, dataset, ft_config, seed: 
     test split with each. Returns the figures and settings that finetune.json holds."""
     images, labels = train_subset(dataset.train, int(ft_config.max_train_examples), seed)
     epochs = int(ft_config.epochs)
-    batch, per_epoch, total = schedule_steps(len(labels), int(ft_config.batch_size), epochs)
+    batch, _, total = schedule_steps(len(labels), int(ft_config.batch_size), epochs)
     if total < 1:
         raise ValueError(f"fine-tuning for {epochs} epochs of {len(labels)} examples is no step at all.")
     image_shape = tuple(images.shape[1:])
@@ -276,7 +275,7 @@ def finetune_and_baseline(backbone, pretrained: dict, dataset, ft_config, seed: 
     ft_config = ft_config.copy_and_resolve_references() if hasattr(ft_config, "copy_and_resolve_references") \
         else ft_config
     ft_config.batch_size = batch  # the lr rule sees the batch actually used
-    tx, _, peak_lr = make_optimizer(ft_config, {"backbone": pretrained["params"], "head": head}, per_epoch, total)
+    tx, _, peak_lr = make_optimizer(ft_config, {"backbone": pretrained["params"], "head": head}, total)
     step_fn = make_train_step(backbone, tx, crop_flip_view(ft_config, image_shape[0]), ft_config.label_smoothing)
     predict_fn = make_predict_fn(backbone)
     results = {}

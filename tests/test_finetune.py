@@ -59,7 +59,7 @@ def test_layer_decay_scales_the_adamw_step_per_layer():
     grads = jax.tree.map(lambda p: np.full_like(p, 0.3), params)
     config = config_lib.base_config().eval.finetune
     config.layer_decay, config.warmup_fraction = 0.5, 0.0
-    tx, _, _ = finetune.make_optimizer(config, params, 1, 10)
+    tx, _, _ = finetune.make_optimizer(config, params, 10)
     plain = optax_adamw(config)
     got, _ = tx.update(grads, tx.init(params), params)
     want, _ = plain.update(grads, plain.init(params), params)
