@@ -198,6 +198,23 @@ def base_config():
         batch_size=1000,             # feature-extraction batch
         random_init=True,            # also evaluate the network at random initialisation (eval.json *_random_init)
     ))
+    # `python -m ssl_jax.finetune`: MAE's end-to-end fine-tuning recipe (He et al. 2022, table 9 and
+    # main_finetune.py); ResNets use it without layer decay (our choice). Left out: RandAugment, mixup, cutmix,
+    # random erasing, drop path (ssl_jax/finetune.py).
+    config.eval.finetune = ml_collections.ConfigDict(dict(
+        epochs=100,                  # MAE: 100 epochs (ViT-B)
+        batch_size=256,              # MAE: 1024 (ViT-B); the lr follows the batch by the rule below
+        base_lr=5e-4,                # MAE blr: lr = blr * batch / 256
+        layer_decay=0.65,            # MAE/BEiT layer-wise lr decay, ViT-B's 0.65 (ViT-L/H: 0.75); ResNets: none
+        weight_decay=0.05,           # MAE (AdamW; not on biases, norms, position embeddings, class token)
+        b1=0.9, b2=0.999,            # MAE: AdamW betas (0.9, 0.999)
+        warmup_fraction=0.05,        # MAE: 5 warm-up epochs of 100, kept as that share of a shorter run
+        label_smoothing=0.1,         # MAE (timm's smoothing 0.1)
+        crop_scale=(0.08, 1.0),      # MAE: timm's RandomResizedCrop scale (0.08, 1), and a flip
+        flip_prob=0.5,
+        head_init_std=2e-5,          # MAE: trunc_normal_(head.weight, std=2e-5), bias 0
+        max_train_examples=0,        # 0: the whole train split; n: a random subset of n (seeded by config.seed)
+    ))
     config.xla_cpu_flags = "auto"    # 'auto': the measured XLA CPU options (cpu_tuning.py); '' none
     config.cpu_allocator = "auto"    # 'auto': keep freed memory in-process on the CPU backend (glibc; measured in
                                      # docs/benchmarks.md); 'default': leave malloc alone
