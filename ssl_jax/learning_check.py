@@ -33,6 +33,10 @@ DEFAULT_STEPS = 120
 # A ViT config's check network: its ViT shrunk to ViT-Tiny of this many blocks, its patch, pooling and position
 # embeddings kept (docs/learning_check.md, "DINO on a ViT": cost and figures).
 CHECK_VIT_DEPTH = 1
+# A method's queue (config.loss.queue_size: NNCLR's support set, SwAV's queue) longer than this is shortened to it in
+# the check: 120 steps of 256 fill 30,720 rows, so NNCLR's 65,536 would be mostly its random start for the whole run
+# and its positives random vectors; 4096 (16 batches) is lightly's NNCLR memory bank on CIFAR-10.
+CHECK_QUEUE_SIZE = 4096
 # Collapse: SimSiam's indicator (the per-channel std of the L2-normalised projection) times sqrt(d) is about 1 for
 # spread-out outputs and 0 for collapsed ones; healthy runs here stay above 0.6 (docs/learning_check.md).
 COLLAPSED_STD = 0.3
@@ -101,7 +105,7 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     """The entry's config (`method`: a key of config_files.CHECKED_CONFIGS) at the check's size: ResNet-18 of
     `width`, or for a ViT config ViT-Tiny of CHECK_VIT_DEPTH blocks (`width` unused; patch, pooling, position
     embeddings and crops as the config has them), batch 256, `steps` steps with a tenth of them warm-up, heads as
-    the config has them, evaluation on a 10,000-image train subset."""
+    the config has them, a queue of at most CHECK_QUEUE_SIZE, evaluation on a 10,000-image train subset."""
     config = config_files.load_config(config_files.CHECKED_CONFIGS[method])
     if config_lib.is_vit(config):
         config.model.name = "vit_tiny"
@@ -114,6 +118,8 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     config.eval.max_train_examples = 10000
     config.eval.linear_epochs = 10
     config.eval.knn_k = 200
+    if config.loss.get("queue_size", 0) > CHECK_QUEUE_SIZE:
+        config.loss.queue_size = CHECK_QUEUE_SIZE
     for item in overrides:
         key, _, value = item.partition("=")
         config_files.set_value(config, key, value)
