@@ -486,3 +486,35 @@ def nnclr_loss(p1, p2, z1, z2, support, temperature=0.2, axis_name=None):
            "neighbour_similarity": 0.5 * (jnp.mean(sim1) + jnp.mean(sim2)),
            "newest": _l2_normalize(lax.stop_gradient(z1))}
     return 0.5 * (l12 + l21), aux
+
+
+def _moco_v2_ctr(q, k, negatives, temperature):
+    """solo-learn's ``mocov2plus_loss_func(query, key, queue)``: CE over [q̂·k̂, q̂·negatives] / t with the key (the
+    same example's other view, from the EMA encoder) first and the positive."""
+    pos = jnp.sum(q * k, axis=-1, keepdims=True)
+    neg = jnp.matmul(q, negatives.T, precision=lax.Precision.HIGHEST)
+    logits = jnp.concatenate([pos, neg], axis=1) / temperature
+    ce, correct = _cross_entropy(logits, jnp.zeros((q.shape[0],), jnp.int32))
+    return jnp.mean(ce), jnp.mean(correct.astype(jnp.float32))
+
+
+def moco_v2_loss(q1, q2, k1, k2, queue, temperature=0.2, axis_name=None):
+    """MoCo v2's InfoNCE (He et al. 2020, Eq. 1; Chen et al. 2020 "MoCo v2"), symmetrised as solo-learn's
+    mocov2plus.py: ``L = [ctr(q1, k2, queue[1]) + ctr(q2, k1, queue[0])] / 2`` with
+    ``ctr(q, k, Q) = mean_i -log exp(q̂_i·k̂_i / t) / (exp(q̂_i·k̂_i / t) + sum_j exp(q̂_i·Q_j / t))``: each query's
+    positive is the EMA encoder's key of the other view of the same image (stop-gradient), its negatives the queue
+    of past keys of that view (``queue`` [2, K, d], unit rows, stop-gradient); no in-batch negatives.
+
+    Multi-device: every device holds the whole queue (the same on each), so the loss is a mean over local queries
+    and ``mean_d L_d == L_global``. aux: ``loss_12``, ``loss_21``, ``accuracy`` (the positive scored above every
+    negative), and ``newest`` [2, B, d]: the unit keys of both views gathered over devices (global order), which
+    the method writes into the queue (solo-learn: ``torch.stack((gather(k1), gather(k2)))``).
+    """
+    q1, q2 = _l2_normalize(q1), _l2_normalize(q2)
+    k1, k2 = _l2_normalize(lax.stop_gradient(k1)), _l2_normalize(lax.stop_gradient(k2))
+    queue = lax.stop_gradient(_f32(queue))
+    l12, acc12 = _moco_v2_ctr(q1, k2, queue[1], temperature)
+    l21, acc21 = _moco_v2_ctr(q2, k1, queue[0], temperature)
+    aux = {"loss_12": l12, "loss_21": l21, "accuracy": 0.5 * (acc12 + acc21),
+           "newest": jnp.stack([_gather(k1, axis_name), _gather(k2, axis_name)])}
+    return 0.5 * (l12 + l21), aux

@@ -273,6 +273,34 @@ def _dino_center(output_dims, num_devices, settings):
     return {"center": losses.dino_initial_center(output_dims["projection"])}
 
 
+def _moco_v2_plus(student, teacher, state, context, temperature=0.2, queue_size=0):
+    """MoCo v2+ (solo-learn's mocov2plus.py): the online projections of both views against the EMA target's keys
+    of the other view, the negatives a queue of past keys per view (`losses.moco_v2_loss`); then the keys of the
+    global batch, gathered from every device, take the queue's oldest batch slot, at a pointer that is the step
+    number: slot (step mod K / B) * B."""
+    del queue_size  # the state's shape carries it
+    loss, aux = losses.moco_v2_loss(student[0]["projection"], student[1]["projection"], teacher[0]["projection"],
+                                    teacher[1]["projection"], state["queue"], temperature, axis_name=context.axis_name)
+    newest = aux.pop("newest")
+    queue = state["queue"]
+    slot = (context.step % (queue.shape[1] // newest.shape[1])) * newest.shape[1]
+    return loss, aux, {"queue": lax.dynamic_update_slice_in_dim(queue, newest.astype(queue.dtype), slot, axis=1)}
+
+
+MOCO_QUEUE_SEED = 0  # the queue's random start comes from this key, whatever config.seed
+
+
+def _moco_queue(output_dims, num_devices, settings):
+    """MoCo's queue of negatives, one per view: [2, queue_size, d] random unit vectors at first (solo-learn:
+    ``normalize(torch.randn(2, d, queue_size), dim=1)``). Every device holds the whole queue and writes the keys
+    gathered from all devices into it, so the copies stay identical (kept per device, never averaged) and the
+    trajectory is that of one device holding the global batch. The cost: each device stores all K keys (32,768 x
+    256 x 2 views in float32 = 64 MiB), and the checkpoint one copy per device."""
+    size, dim = int(settings.get("queue_size", 0)), output_dims["projection"]
+    rows = jax.random.normal(jax.random.key(MOCO_QUEUE_SEED), (2, size, dim), jnp.float32)
+    return {"queue": rows / jnp.linalg.norm(rows, axis=-1, keepdims=True)}
+
+
 METHODS = {
     "simclr": Method(_simclr),
     "byol": Method(_byol, predictor=True, ema_target=True),
@@ -292,6 +320,9 @@ METHODS = {
     "nnclr": Method(_nnclr, predictor=True, initial_state=_nnclr_support_set, stacked_initial_state=True,
                     state_rules={"queue": PER_DEVICE},
                     check_config=lambda config: _check_queue_of_batches(config, "NNCLR")),
+    "moco_v2_plus": Method(_moco_v2_plus, ema_target=True, initial_state=_moco_queue,
+                           state_rules={"queue": PER_DEVICE},
+                           check_config=lambda config: _check_queue_of_batches(config, "MoCo v2+")),
 }
 
 
