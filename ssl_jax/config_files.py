@@ -18,6 +18,8 @@ METHOD_CONFIGS = {  # method -> its CIFAR config, configs/<name>.py
     "moco_v3": "mocov3_cifar",
     "dino": "dino_cifar",
     "swav": "swav_cifar",
+    "nnclr": "nnclr_cifar",
+    "moco_v2_plus": "mocov2plus_cifar",
 }
 
 # Every config the learning check runs (ssl_jax/learning_check.py): entry -> configs/<name>.py. Each method's own

@@ -33,12 +33,25 @@ DEFAULT_STEPS = 120
 # A ViT config's check network: its ViT shrunk to ViT-Tiny of this many blocks, its patch, pooling and position
 # embeddings kept (docs/learning_check.md, "DINO on a ViT": cost and figures).
 CHECK_VIT_DEPTH = 1
+# A method's queue (config.loss.queue_size: NNCLR's support set, SwAV's queue) longer than this is shortened to it in
+# the check: 120 steps of 256 fill 30,720 rows, so NNCLR's 65,536 would be mostly its random start for the whole run
+# and its positives random vectors; 4096 (16 batches) is lightly's NNCLR memory bank on CIFAR-10.
+CHECK_QUEUE_SIZE = 4096
 # Collapse: SimSiam's indicator (the per-channel std of the L2-normalised projection) times sqrt(d) is about 1 for
 # spread-out outputs and 0 for collapsed ones; healthy runs here stay above 0.6 (docs/learning_check.md).
 COLLAPSED_STD = 0.3
 # The loss may not rise from a third of the run to its end by more than this fraction of its size (at least 1):
 # every method's loss falls there once warm-up is over (TiCo's only after its running covariance has filled).
 LOSS_RISE_TOLERANCE = 0.05
+
+# Methods left out of the default --methods (still checkable by name): MoCo v2+ does not yet pass. In a 120-step check
+# from scratch its loss can be lowered without learning the images: the keys and queries of one batch carry a
+# batch signature through BatchNorm (the query and its key are normalised with the same batch's statistics, the
+# queue's keys with other batches'), which the official MoCo's shuffled BatchNorm takes away and this library does
+# not have yet (docs/learning_check.md, "MoCo v2+").
+NOT_YET_PASSING = ("moco_v2_plus",)
+# The entries the check runs when --methods is not given: every method's own config but NOT_YET_PASSING.
+DEFAULT_METHODS = [m for m in config_files.METHOD_CONFIGS if m not in NOT_YET_PASSING]
 
 QUIET_METRICS = ("loss", "probe_loss", "learning_rate", "ema_decay")  # not printed per log line
 
@@ -48,9 +61,10 @@ FLAGS = flags.FLAGS
 def _define_flags():
     """The command line's flags, defined only when run as a program (tests import this module beside others)."""
     flags.DEFINE_string("data", None, "A local CIFAR-10 copy (e.g. ../shared/data/cifar10-jpeg.tar.gz).")
-    flags.DEFINE_list("methods", list(config_files.METHOD_CONFIGS),
+    flags.DEFINE_list("methods", DEFAULT_METHODS,
                       f"Entries of config_files.CHECKED_CONFIGS to check: {', '.join(config_files.CHECKED_CONFIGS)}; "
-                      "by default every method's own config (dino_vit does not pass yet: docs/learning_check.md).")
+                      f"by default every method's own config but {', '.join(NOT_YET_PASSING)} (dino_vit and "
+                      "those do not pass yet: docs/learning_check.md).")
     flags.DEFINE_integer("steps", DEFAULT_STEPS, "Training steps per method (batch 256).")
     flags.DEFINE_float("margin", DEFAULT_MARGIN, "kNN top-1 a method must gain over random initialisation.")
     flags.DEFINE_integer("width", 8, "ResNet-18 base width (ResNet configs; a ViT config's network is "
@@ -101,7 +115,7 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     """The entry's config (`method`: a key of config_files.CHECKED_CONFIGS) at the check's size: ResNet-18 of
     `width`, or for a ViT config ViT-Tiny of CHECK_VIT_DEPTH blocks (`width` unused; patch, pooling, position
     embeddings and crops as the config has them), batch 256, `steps` steps with a tenth of them warm-up, heads as
-    the config has them, evaluation on a 10,000-image train subset."""
+    the config has them, a queue of at most CHECK_QUEUE_SIZE, evaluation on a 10,000-image train subset."""
     config = config_files.load_config(config_files.CHECKED_CONFIGS[method])
     if config_lib.is_vit(config):
         config.model.name = "vit_tiny"
@@ -114,6 +128,8 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     config.eval.max_train_examples = 10000
     config.eval.linear_epochs = 10
     config.eval.knn_k = 200
+    if config.loss.get("queue_size", 0) > CHECK_QUEUE_SIZE:
+        config.loss.queue_size = CHECK_QUEUE_SIZE
     for item in overrides:
         key, _, value = item.partition("=")
         config_files.set_value(config, key, value)

@@ -423,3 +423,98 @@ def swav_loss(scores, queue_scores=None, use_queue=True, temperature=0.1, epsilo
         "prediction_entropy": lax.stop_gradient(jnp.mean(-jnp.sum(jnp.exp(log_p) * log_p, axis=-1))),
     }
     return loss, aux
+
+
+def nnclr_nearest_neighbours(z, support, axis_name=None):
+    """Each row's nearest neighbour in NNCLR's support set (Dwibedi et al. 2021, Eq. 2: ``NN(z, Q) = argmin_q
+    ||z - q||``, for unit vectors the largest cosine; solo-learn's ``find_nn``: ``(z @ queue.T).max(dim=1)``).
+
+    ``z`` [n, d] is normalised here; ``support`` [L, d] holds unit vectors. Returns (neighbours [n, d], their cosine
+    with ẑ [n]), stop-gradient. With ``axis_name`` the support set is split among the devices (each passes its own
+    rows, as a queue kept per device is): every device scores the gathered global batch against its rows, the best
+    of all devices wins (``pmax``; on a tie the lowest device), its row reaches every device by ``psum``, and each
+    device keeps its own examples' rows. The neighbours are those of one device holding the whole support set and
+    the whole batch; no device gathers the support set.
+    """
+    z = _l2_normalize(lax.stop_gradient(z))
+    support = lax.stop_gradient(_f32(support))
+    queries = _gather(z, axis_name)
+    sims = jnp.matmul(queries, support.T, precision=lax.Precision.HIGHEST)
+    best = jnp.max(sims, axis=1)
+    neighbours = support[jnp.argmax(sims, axis=1)]
+    if axis_name is not None:
+        top = lax.pmax(best, axis_name)
+        device = lax.axis_index(axis_name)
+        owner = lax.pmin(jnp.where(best == top, device, jnp.iinfo(jnp.int32).max), axis_name)
+        neighbours = lax.psum(jnp.where((owner == device)[:, None], neighbours, 0.0), axis_name)
+        start = _local_offset(z.shape[0], axis_name)
+        neighbours = lax.dynamic_slice_in_dim(neighbours, start, z.shape[0])
+        best = lax.dynamic_slice_in_dim(top, start, z.shape[0])
+    return neighbours, best
+
+
+def _nnclr_ctr(neighbours, p, temperature, axis_name):
+    """solo-learn's ``nnclr_loss_func(nn, p)``: CE(n̂ p̂ᵀ / t) of this device's neighbours against the gathered
+    predictions of the other view, the matching prediction (at this device's global offset) the positive."""
+    keys = _gather(_l2_normalize(p), axis_name)
+    labels = _local_offset(neighbours.shape[0], axis_name) + jnp.arange(neighbours.shape[0])
+    ce, correct = _cross_entropy(_l2_normalize(neighbours) @ keys.T / temperature, labels)
+    return jnp.mean(ce), jnp.mean(correct.astype(jnp.float32))
+
+
+def nnclr_loss(p1, p2, z1, z2, support, temperature=0.2, axis_name=None):
+    """NNCLR's symmetric loss (Dwibedi et al. 2021, Eq. 2-4; solo-learn's nnclr.py and ``nnclr_loss_func``).
+
+    Each view's projection z_v is replaced by its nearest neighbour NN(z_v) in the support set (stop-gradient,
+    `nnclr_nearest_neighbours`), and InfoNCE scores that neighbour against the other view's predictions over the
+    global batch: ``L = [ctr(NN(z1), p2) + ctr(NN(z2), p1)] / 2`` with
+    ``ctr(a, p) = mean_i -log exp(â_i·p̂_i / t) / sum_j exp(â_i·p̂_j / t)`` (solo-learn's current form: the
+    predictions gathered over devices as SimCLR's keys, the labels at this device's offset; the paper also adds a
+    term normalised over the neighbours instead of the predictions, which solo-learn leaves out, as here). The gradient reaches the predictions only. Mean over local
+    anchors: ``mean_d L_d == L_global``.
+
+    aux: ``loss_12``, ``loss_21``, ``accuracy`` (the positive's rank-1 rate), ``neighbour_similarity`` (mean
+    cosine of ẑ to its neighbour: -> 1 as the support set fills with near copies of today's batch), and
+    ``newest`` [n, d]: this device's unit ẑ1, stop-gradient, which the method enqueues (solo-learn enqueues view
+    1's projections after finding the neighbours).
+    """
+    nn1, sim1 = nnclr_nearest_neighbours(z1, support, axis_name)
+    nn2, sim2 = nnclr_nearest_neighbours(z2, support, axis_name)
+    l12, acc12 = _nnclr_ctr(nn1, p2, temperature, axis_name)
+    l21, acc21 = _nnclr_ctr(nn2, p1, temperature, axis_name)
+    aux = {"loss_12": l12, "loss_21": l21, "accuracy": 0.5 * (acc12 + acc21),
+           "neighbour_similarity": 0.5 * (jnp.mean(sim1) + jnp.mean(sim2)),
+           "newest": _l2_normalize(lax.stop_gradient(z1))}
+    return 0.5 * (l12 + l21), aux
+
+
+def _moco_v2_ctr(q, k, negatives, temperature):
+    """solo-learn's ``mocov2plus_loss_func(query, key, queue)``: CE over [q̂·k̂, q̂·negatives] / t with the key (the
+    same example's other view, from the EMA encoder) first and the positive."""
+    pos = jnp.sum(q * k, axis=-1, keepdims=True)
+    neg = jnp.matmul(q, negatives.T, precision=lax.Precision.HIGHEST)
+    logits = jnp.concatenate([pos, neg], axis=1) / temperature
+    ce, correct = _cross_entropy(logits, jnp.zeros((q.shape[0],), jnp.int32))
+    return jnp.mean(ce), jnp.mean(correct.astype(jnp.float32))
+
+
+def moco_v2_loss(q1, q2, k1, k2, queue, temperature=0.2, axis_name=None):
+    """MoCo v2's InfoNCE (He et al. 2020, Eq. 1; Chen et al. 2020 "MoCo v2"), symmetrised as solo-learn's
+    mocov2plus.py: ``L = [ctr(q1, k2, queue[1]) + ctr(q2, k1, queue[0])] / 2`` with
+    ``ctr(q, k, Q) = mean_i -log exp(q̂_i·k̂_i / t) / (exp(q̂_i·k̂_i / t) + sum_j exp(q̂_i·Q_j / t))``: each query's
+    positive is the EMA encoder's key of the other view of the same image (stop-gradient), its negatives the queue
+    of past keys of that view (``queue`` [2, K, d], unit rows, stop-gradient); no in-batch negatives.
+
+    Multi-device: every device holds the whole queue (the same on each), so the loss is a mean over local queries
+    and ``mean_d L_d == L_global``. aux: ``loss_12``, ``loss_21``, ``accuracy`` (the positive scored above every
+    negative), and ``newest`` [2, B, d]: the unit keys of both views gathered over devices (global order), which
+    the method writes into the queue (solo-learn: ``torch.stack((gather(k1), gather(k2)))``).
+    """
+    q1, q2 = _l2_normalize(q1), _l2_normalize(q2)
+    k1, k2 = _l2_normalize(lax.stop_gradient(k1)), _l2_normalize(lax.stop_gradient(k2))
+    queue = lax.stop_gradient(_f32(queue))
+    l12, acc12 = _moco_v2_ctr(q1, k2, queue[1], temperature)
+    l21, acc21 = _moco_v2_ctr(q2, k1, queue[0], temperature)
+    aux = {"loss_12": l12, "loss_21": l21, "accuracy": 0.5 * (acc12 + acc21),
+           "newest": jnp.stack([_gather(k1, axis_name), _gather(k2, axis_name)])}
+    return 0.5 * (l12 + l21), aux

@@ -30,6 +30,7 @@ State crosses devices by the rule the method states for each key (`state_rules`)
 import dataclasses
 from typing import Any, Callable, Mapping, Optional
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -73,6 +74,8 @@ class Method:
     prototypes: Optional[str] = None       # the projector is a prototype head: 'dino' or 'swav' (models.SSLNet)
     ema_target: bool = False
     initial_state: Callable = _no_state    # (output_dims, num_devices, settings) -> one device's {name: array}
+    stacked_initial_state: bool = False    # initial_state gives PER_DEVICE parts already stacked, [devices, ...]:
+                                           # each device starts with contents of its own (NNCLR's support set)
     state_rules: Mapping[str, str] = dataclasses.field(default_factory=dict)  # {name: AVERAGED | PER_DEVICE}
     frozen_at_start: tuple = ()            # ((parameter path, epochs), ...): not updated during those first epochs
     check_config: Optional[Callable] = None  # config -> None; raises ValueError on settings the method cannot use
@@ -99,6 +102,12 @@ class Method:
         if missing:
             raise ValueError(f"the method's state {missing} has no cross-device rule; state one of {STATE_RULES} "
                              "for each key in Method.state_rules.")
+        if self.stacked_initial_state:
+            bad = {k: v.shape for k, v in state.items()
+                   if self.state_rules[k] == PER_DEVICE and v.shape[:1] != (num_devices,)}
+            if bad:
+                raise ValueError(f"stacked initial state {bad} has no leading axis of {num_devices} devices.")
+            return state
         return {k: jnp.stack([v] * num_devices) if self.state_rules[k] == PER_DEVICE else v
                 for k, v in state.items()}
 
@@ -203,13 +212,55 @@ def _swav_queue(output_dims, num_devices, settings):
     return {"queue": jnp.zeros((2, size // num_devices, output_dims["embedding"]), jnp.float32)}
 
 
-def _check_swav(config):
-    """A queue that holds whole global batches (each step replaces the oldest one)."""
+def _check_queue_of_batches(config, method_name, allow_empty=False):
+    """A queue (config.loss.queue_size) that holds whole global batches: each step replaces the oldest batch, on
+    every device its own share of it. Longer than the data set is fine (solo-learn's CIFAR NNCLR keeps 65,536)."""
     size, batch = config.loss.get("queue_size", 0), config.batch_size
+    fit = max(1, round(size / batch)) * batch
     if size < 0 or size % batch:
-        fit = max(1, round(size / batch)) * batch
-        raise ValueError(f"config.loss.queue_size={size} is not a multiple of the global batch {batch}: SwAV's "
-                         f"queue takes whole batches; use {fit} (or 0 for no queue).")
+        raise ValueError(f"config.loss.queue_size={size} is not a multiple of the global batch {batch}: "
+                         f"{method_name}'s queue takes whole batches; use {fit}"
+                         f"{' (or 0 for no queue)' if allow_empty else ''}.")
+    if not size and not allow_empty:
+        raise ValueError(f"config.loss.queue_size=0: {method_name} needs a queue; use a multiple of the global "
+                         f"batch {batch} (e.g. {batch * 16}).")
+
+
+def _check_swav(config):
+    """A queue that holds whole global batches (each step replaces the oldest one), or none."""
+    _check_queue_of_batches(config, "SwAV", allow_empty=True)
+
+
+def _nnclr(student, teacher, state, context, temperature=0.2, queue_size=0):
+    """NNCLR (Dwibedi et al. 2021): each view's projection replaced by its nearest neighbour in the support set,
+    contrasted with the other view's prediction (`losses.nnclr_loss`); then this device's unit projections of
+    view 1 take the support set's oldest batch slot (solo-learn's nnclr.py: a FIFO queue, written at a pointer
+    that moves one batch a step, after the neighbours are found). The pointer is the step number: slot
+    (step mod L / n) * n of this device's L rows, n its examples."""
+    del queue_size  # the state's shape carries it
+    loss, aux = losses.nnclr_loss(student[0]["prediction"], student[1]["prediction"], student[0]["projection"],
+                                  student[1]["projection"], state["queue"], temperature, axis_name=context.axis_name)
+    newest = aux.pop("newest")
+    queue = state["queue"]
+    slot = (context.step % (queue.shape[0] // newest.shape[0])) * newest.shape[0]
+    return loss, aux, {"queue": lax.dynamic_update_slice_in_dim(queue, newest.astype(queue.dtype), slot, axis=0)}
+
+
+NNCLR_SUPPORT_SEED = 0  # the support set's random start comes from this key, whatever config.seed
+
+
+def _nnclr_support_set(output_dims, num_devices, settings):
+    """NNCLR's support set: queue_size unit projections, [devices, queue_size / devices, d], starting as random
+    unit vectors (solo-learn: ``F.normalize(torch.randn(queue_size, d))``) drawn once from NNCLR_SUPPORT_SEED and
+    dealt out row by row (row r to device r mod devices). Kept per device and never averaged: each device writes
+    its own examples, the nearest-neighbour search runs over every device's rows (`losses.nnclr_nearest_neighbours`),
+    so the devices' rows together are, as a set, the support set of one device holding the global batch. Dealing
+    the random rows out this way keeps that true while they are replaced: step t overwrites global rows
+    [t B, (t + 1) B) mod L on one device, and on each of D devices the rows of that range it holds."""
+    size, dim = int(settings.get("queue_size", 0)), output_dims["projection"]
+    rows = jax.random.normal(jax.random.key(NNCLR_SUPPORT_SEED), (size, dim), jnp.float32)
+    rows = rows / jnp.linalg.norm(rows, axis=1, keepdims=True)
+    return {"queue": rows.reshape(size // num_devices, num_devices, dim).transpose(1, 0, 2)}
 
 
 def _running_covariance(output_dims, num_devices, settings):
@@ -220,6 +271,34 @@ def _running_covariance(output_dims, num_devices, settings):
 def _dino_center(output_dims, num_devices, settings):
     """DINO's centre of the teacher's outputs, starting at zero."""
     return {"center": losses.dino_initial_center(output_dims["projection"])}
+
+
+def _moco_v2_plus(student, teacher, state, context, temperature=0.2, queue_size=0):
+    """MoCo v2+ (solo-learn's mocov2plus.py): the online projections of both views against the EMA target's keys
+    of the other view, the negatives a queue of past keys per view (`losses.moco_v2_loss`); then the keys of the
+    global batch, gathered from every device, take the queue's oldest batch slot, at a pointer that is the step
+    number: slot (step mod K / B) * B."""
+    del queue_size  # the state's shape carries it
+    loss, aux = losses.moco_v2_loss(student[0]["projection"], student[1]["projection"], teacher[0]["projection"],
+                                    teacher[1]["projection"], state["queue"], temperature, axis_name=context.axis_name)
+    newest = aux.pop("newest")
+    queue = state["queue"]
+    slot = (context.step % (queue.shape[1] // newest.shape[1])) * newest.shape[1]
+    return loss, aux, {"queue": lax.dynamic_update_slice_in_dim(queue, newest.astype(queue.dtype), slot, axis=1)}
+
+
+MOCO_QUEUE_SEED = 0  # the queue's random start comes from this key, whatever config.seed
+
+
+def _moco_queue(output_dims, num_devices, settings):
+    """MoCo's queue of negatives, one per view: [2, queue_size, d] random unit vectors at first (solo-learn:
+    ``normalize(torch.randn(2, d, queue_size), dim=1)``). Every device holds the whole queue and writes the keys
+    gathered from all devices into it, so the copies stay identical (kept per device, never averaged) and the
+    trajectory is that of one device holding the global batch. The cost: each device stores all K keys (32,768 x
+    256 x 2 views in float32 = 64 MiB), and the checkpoint one copy per device."""
+    size, dim = int(settings.get("queue_size", 0)), output_dims["projection"]
+    rows = jax.random.normal(jax.random.key(MOCO_QUEUE_SEED), (2, size, dim), jnp.float32)
+    return {"queue": rows / jnp.linalg.norm(rows, axis=-1, keepdims=True)}
 
 
 METHODS = {
@@ -238,6 +317,12 @@ METHODS = {
     "swav": Method(_swav, local_crops=True, prototypes="swav", initial_state=_swav_queue,
                    state_rules={"queue": PER_DEVICE}, check_config=_check_swav,
                    frozen_at_start=((("projector", "prototypes_v"), 2.0),)),  # solo-learn freeze_prototypes_epochs
+    "nnclr": Method(_nnclr, predictor=True, initial_state=_nnclr_support_set, stacked_initial_state=True,
+                    state_rules={"queue": PER_DEVICE},
+                    check_config=lambda config: _check_queue_of_batches(config, "NNCLR")),
+    "moco_v2_plus": Method(_moco_v2_plus, ema_target=True, initial_state=_moco_queue,
+                           state_rules={"queue": PER_DEVICE},
+                           check_config=lambda config: _check_queue_of_batches(config, "MoCo v2+")),
 }
 
 

@@ -17,7 +17,9 @@ LOSS_OF_METHOD = {"simclr": losses.nt_xent, "byol": losses.byol_loss, "vicreg": 
                   "barlow_twins": losses.barlow_twins_loss, "simsiam": losses.simsiam_loss,
                   "moco_v3": losses.moco_v3_loss,
                   "dino": methods.METHODS["dino"].loss,  # its loss function: the teacher-temperature schedule's keys too
-                  "swav": methods.METHODS["swav"].loss}  # its loss function: the queue's keys too
+                  "swav": methods.METHODS["swav"].loss,  # its loss function: the queue's keys too
+                  "nnclr": methods.METHODS["nnclr"].loss,  # its loss function: the support set's size too
+                  "moco_v2_plus": methods.METHODS["moco_v2_plus"].loss}  # its loss function: the queue's size too
 
 
 def test_every_registered_method_has_a_config():
