@@ -18,6 +18,7 @@ METHOD_CONFIGS = {  # method -> its CIFAR config, configs/<name>.py
     "moco_v3": "mocov3_cifar",
     "dino": "dino_cifar",
     "swav": "swav_cifar",
+    "mae": "mae_cifar",
 }
 
 # Every config the learning check runs (ssl_jax/learning_check.py): entry -> configs/<name>.py. Each method's own
