@@ -139,7 +139,8 @@ def make_collapse_probe(exp, num_images=512):
     def probe(params, batch_stats):
         x = augment.normalize(jnp.asarray(images, jnp.float32) / 255.0)
         out = exp.net.apply({"params": params, "batch_stats": batch_stats}, x, train=False, use_predictor=False)
-        return collapse.normalized_std(out["projection"]), out["features"]
+        # MAE's network has no projector: its features stand in for the projection
+        return collapse.normalized_std(out.get("projection", out["features"])), out["features"]
 
     def fn(state):
         host = sharding.local_copy(exp.dp.get_state(state))
