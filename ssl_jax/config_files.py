@@ -20,6 +20,7 @@ METHOD_CONFIGS = {  # method -> its CIFAR config, configs/<name>.py
     "swav": "swav_cifar",
     "nnclr": "nnclr_cifar",
     "moco_v2_plus": "mocov2plus_cifar",
+    "mae": "mae_cifar",
 }
 
 # Every config the learning check runs (ssl_jax/learning_check.py): entry -> configs/<name>.py. Each method's own

@@ -49,7 +49,8 @@ LOSS_RISE_TOLERANCE = 0.05
 # batch signature through BatchNorm (the query and its key are normalised with the same batch's statistics, the
 # queue's keys with other batches'), which the official MoCo's shuffled BatchNorm takes away and this library does
 # not have yet (docs/learning_check.md, "MoCo v2+").
-NOT_YET_PASSING = ("moco_v2_plus",)
+# MAE's check is not calibrated yet (its ViT-S decoder, 512 wide and 8 deep, is not shrunk by the check).
+NOT_YET_PASSING = ("moco_v2_plus", "mae")
 # The entries the check runs when --methods is not given: every method's own config but NOT_YET_PASSING.
 DEFAULT_METHODS = [m for m in config_files.METHOD_CONFIGS if m not in NOT_YET_PASSING]
 
@@ -155,7 +156,8 @@ def make_collapse_probe(exp, num_images=512):
     def probe(params, batch_stats):
         x = augment.normalize(jnp.asarray(images, jnp.float32) / 255.0)
         out = exp.net.apply({"params": params, "batch_stats": batch_stats}, x, train=False, use_predictor=False)
-        return collapse.normalized_std(out["projection"]), out["features"]
+        # MAE's network has no projector: its features stand in for the projection
+        return collapse.normalized_std(out.get("projection", out["features"])), out["features"]
 
     def fn(state):
         host = sharding.local_copy(exp.dp.get_state(state))

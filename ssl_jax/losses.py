@@ -518,3 +518,24 @@ def moco_v2_loss(q1, q2, k1, k2, queue, temperature=0.2, axis_name=None):
     aux = {"loss_12": l12, "loss_21": l21, "accuracy": 0.5 * (acc12 + acc21),
            "newest": jnp.stack([_gather(k1, axis_name), _gather(k2, axis_name)])}
     return 0.5 * (l12 + l21), aux
+
+
+def mae_loss(pred, target_patches, mask, norm_pix=True, eps=1e-6):
+    """MAE's reconstruction loss (He et al. 2022; the official `forward_loss`): the mean squared error per patch
+    between the decoder's pixels `pred` [B, L, P] and `target_patches` [B, L, P] (`mae.patchify` of the input),
+    averaged over the masked patches only (`mask` [B, L], 1 = masked). With `norm_pix` (the paper's default,
+    `norm_pix_loss`) each target patch is standardised by its own mean and variance, (t - mean) / sqrt(var + eps),
+    the variance unbiased as torch's `Tensor.var`. Unmasked patches' predictions get no gradient.
+
+    Per device it is the mean over this device's examples; every example masks as many patches, so the mean over
+    devices of the per-device losses is the global batch's loss and no `axis_name` is needed."""
+    pred, target, mask = _f32(pred), _f32(target_patches), _f32(mask)
+    if norm_pix:
+        mean = jnp.mean(target, axis=-1, keepdims=True)
+        var = jnp.var(target, axis=-1, keepdims=True, ddof=1)
+        target = (target - mean) * lax.rsqrt(var + eps)
+    per_patch = jnp.mean(jnp.square(pred - target), axis=-1)
+    loss = jnp.sum(per_patch * mask) / jnp.sum(mask)
+    visible = jnp.sum(per_patch * (1.0 - mask)) / jnp.maximum(jnp.sum(1.0 - mask), 1.0)
+    return loss, {"masked_patch_mse": loss, "visible_patch_mse": lax.stop_gradient(visible),
+                  "mask_fraction": jnp.mean(mask)}

@@ -20,6 +20,19 @@ The loss is called as `loss(student, teacher, state, context, **config.loss)`:
 It returns `(loss, metrics, new_state)`: the scalar to minimise, a dict of diagnostics (its scalars are averaged
 over devices and logged) and the state for the next step.
 
+A method may own its forward pass (`forward`, MAE's masked encoder and decoder) and its network (`network`, called
+as `models.make_ssl_net(config.model, dtype, bn_axis_name=, conv_impl=, prototype_head=)`). The step then runs,
+for the online network only and inside the differentiated function,
+`forward(net, params, batch_stats, crops, indices, context, **config.loss)` instead of
+`train_step.forward_crops(net, params, batch_stats, crops, indices, ...)`: `crops` every crop (normalised float
+NHWC), `indices` the crops the student sees, `context` the step's `StepContext` (its `key` is the loss's: fold in
+a constant of the forward's own, and batch['global_index'] for per-example randomness). It returns what
+forward_crops returns: (a tuple with one output dict per crop, None for the crops not in `indices`; the new
+batch_stats), each dict with 'features' (the online probe's input for the global crops) and whatever the loss
+reads. Without `forward` (every other method) the step is as before. Whatever `network` builds must also answer
+`net.apply(variables, images, train=False, use_predictor=False)['features']` with the backbone's features (the
+evaluation) and keep the backbone's parameters under 'backbone' (the exported encoder).
+
 State crosses devices by the rule the method states for each key (`state_rules`):
 - AVERAGED: the step takes `lax.pmean` of the new value, so every device holds the same (DINO's centre, TiCo's
   running covariance; both are computed from global batch statistics already, the mean keeps them bit-identical);
@@ -35,6 +48,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ssl_jax import losses
+from ssl_jax import mae
 from ssl_jax import models
 
 AVERAGED = "averaged"
@@ -79,6 +93,8 @@ class Method:
     state_rules: Mapping[str, str] = dataclasses.field(default_factory=dict)  # {name: AVERAGED | PER_DEVICE}
     frozen_at_start: tuple = ()            # ((parameter path, epochs), ...): not updated during those first epochs
     check_config: Optional[Callable] = None  # config -> None; raises ValueError on settings the method cannot use
+    forward: Optional[Callable] = None     # the student's forward pass in place of train_step.forward_crops (below)
+    network: Optional[Callable] = None     # builds the network in place of models.make_ssl_net (same arguments)
 
     def __post_init__(self):
         bad = {k: v for k, v in self.state_rules.items() if v not in STATE_RULES}
@@ -301,6 +317,44 @@ def _moco_queue(output_dims, num_devices, settings):
     return {"queue": rows / jnp.linalg.norm(rows, axis=-1, keepdims=True)}
 
 
+def _mae_forward(net, params, batch_stats, crops, indices, context, mask_ratio=0.75, norm_pix_loss=True):
+    """MAE's masked pass (ssl_jax/mae.py) of each crop the student sees: a mask per example from the loss key
+    folded with the crop's number and the example's global index, the encoder on the visible patches, the decoder
+    on all; each output adds the mask and the crop's patches (the loss's target)."""
+    del norm_pix_loss
+    index = context.batch.get("global_index") if context.batch is not None else None
+    outputs = [None] * len(crops)
+    for i in indices:
+        crop, p = crops[i], net.patch_size
+        if index is None:  # ready crops without a global index (ssl_jax.bench --part=views): local positions
+            index = jnp.arange(crop.shape[0])
+        num_patches = (crop.shape[1] // p) * (crop.shape[2] // p)
+        visible, restore, mask = mae.random_masking(jax.random.fold_in(context.key, i), index, num_patches,
+                                                    mask_ratio)
+        out = net.apply({"params": params}, crop, visible, restore, method=mae.MAENet.reconstruct)
+        outputs[i] = dict(out, mask=mask, target=mae.patchify(crop, p))
+    return tuple(outputs), batch_stats
+
+
+def _mae(student, teacher, state, context, mask_ratio=0.75, norm_pix_loss=True):
+    """MAE (He et al. 2022): the mean squared error of the decoder's pixels on the masked patches (per-patch
+    normalised targets with `norm_pix_loss`), averaged over the crops the student saw (MAE: one)."""
+    del mask_ratio  # the forward's
+    seen = [out for out in student if out is not None]
+    results = [losses.mae_loss(out["prediction"], out["target"], out["mask"], norm_pix_loss) for out in seen]
+    loss = sum(r[0] for r in results) / len(results)
+    aux = {k: sum(r[1][k] for r in results) / len(results) for k in results[0][1]}
+    return loss, aux, state
+
+
+def _check_mae(config):
+    """A ViT backbone and a mask ratio in (0, 1)."""
+    mae.check_mask_ratio(config.loss.get("mask_ratio", 0.75))
+    if not config.model.name.startswith("vit_"):
+        raise ValueError(f"config.model.name={config.model.name!r}: MAE masks a ViT's patches; use a ViT "
+                         "(e.g. vit_small).")
+
+
 METHODS = {
     "simclr": Method(_simclr),
     "byol": Method(_byol, predictor=True, ema_target=True),
@@ -323,6 +377,7 @@ METHODS = {
     "moco_v2_plus": Method(_moco_v2_plus, ema_target=True, initial_state=_moco_queue,
                            state_rules={"queue": PER_DEVICE},
                            check_config=lambda config: _check_queue_of_batches(config, "MoCo v2+")),
+    "mae": Method(_mae, student_crops=(0,), forward=_mae_forward, network=mae.make_mae_net, check_config=_check_mae),
 }
 
 

@@ -25,8 +25,9 @@ def learning_rate_schedule(peak_lr, warmup_steps, total_steps):
 
 # Parameter names (the last key of a path) that weight decay and LARS's trust ratio leave alone: biases, the scales
 # and offsets of every norm (flax names BatchNorm's and LayerNorm's 'scale' and 'bias'), the ViT's position
-# embeddings and class token (ssl_jax/vit.py).
-NO_DECAY_NAMES = frozenset({"bias", "scale", "pos_embedding", "cls"})
+# embeddings and class token (ssl_jax/vit.py), and MAE's mask token (ssl_jax/mae.py; treated as the class token is:
+# the official MAE and solo-learn decay both tokens, DeiT's no_weight_decay list leaves them out).
+NO_DECAY_NAMES = frozenset({"bias", "scale", "pos_embedding", "cls", "mask_token"})
 
 
 def decay_mask(params):

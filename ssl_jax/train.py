@@ -117,9 +117,9 @@ def build_experiment(config, dataset=None):
                                     tfds_data_dir=config.data.tfds_data_dir or None, download=config.data.download)
     steps_per_epoch = batches.steps_per_epoch(len(dataset.train.labels), config.batch_size)
     total_steps = train_step.steps_for(config.num_epochs, config.num_train_steps, steps_per_epoch)
-    net = models.make_ssl_net(config.model, compute_dtype(config.model.dtype), bn_axis_name=sharding.AXIS,
-                              conv_impl=conv_impl(config.model.conv_impl),
-                              prototype_head=method.prototypes or "dino")
+    make_net = method.network or models.make_ssl_net  # MAE builds its own (methods.Method.network)
+    net = make_net(config.model, compute_dtype(config.model.dtype), bn_axis_name=sharding.AXIS,
+                   conv_impl=conv_impl(config.model.conv_impl), prototype_head=method.prototypes or "dino")
     tx, schedule = optim.make_optimizer(config.optimizer, config.batch_size, steps_per_epoch, total_steps)
     return Experiment(config=config, dataset=dataset, dp=dp, net=net, method=method, tx=tx, schedule=schedule,
                       probe=train_step.LinearProbe(dataset.num_classes),

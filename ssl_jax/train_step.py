@@ -1,9 +1,10 @@
 """The train state and the per-device train step shared by every method.
 
 `per_device_step(state, batch) -> (state, metrics)` is pure: it augments the uint8 batch on the device with
-per-example keys derived from each example's global position, runs the online network (and the EMA target where
-the method keeps one) on both views, applies the method's loss, averages gradients over the 'batch' axis,
-updates the optimizer, the EMA target, the loss state and an online linear probe on stop-gradient features.
+per-example keys derived from each example's global position, runs the online network (or the method's own
+forward pass, `Method.forward`) and the EMA target where the method keeps one on the crops each sees, applies the
+method's loss, averages gradients over the 'batch' axis, updates the optimizer, the EMA target, the loss state
+and an online linear probe on stop-gradient features.
 `sharding.DataParallel` maps it over devices.
 """
 import functools
@@ -198,8 +199,12 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, crop_gro
         method_state = _local_state(method, state.loss_state)
 
         def loss_fn(params):
-            student, batch_stats = forward_crops(net, params, state.batch_stats, crops, student_crops, True,
-                                                 joint_batch_norm)
+            if method.forward is None:
+                student, batch_stats = forward_crops(net, params, state.batch_stats, crops, student_crops, True,
+                                                     joint_batch_norm)
+            else:  # the method's own forward pass (methods.py, "A method may own its forward pass")
+                student, batch_stats = method.forward(net, params, state.batch_stats, crops, student_crops, context,
+                                                      **loss_kwargs)
             loss, aux, new_state = method.loss(student, teacher, method_state, context, **loss_kwargs)
             return loss, (aux, new_state, batch_stats, _probe_inputs(student, batch))
 

@@ -129,18 +129,26 @@ class ViT(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool, num_views: int = 1) -> jnp.ndarray:
+    def __call__(self, x, train: bool, num_views: int = 1, visible=None, all_tokens: bool = False) -> jnp.ndarray:
+        """Pooled features [B, dim]. MAE's encoder (ssl_jax/mae.py) passes `visible` [B, K], the indices of the
+        patches each image keeps (row-major over the patch grid): the tokens are gathered after their position
+        embeddings are added, so only K patch tokens (+ the class token) enter the blocks; `all_tokens` returns
+        every token after the final LayerNorm, [B, (1 +) K, dim], instead of the pooled features."""
         del train, num_views  # see the module docstring
         check_settings(self.patch_size, self.pooling, self.pos_embedding)
         x = self._embed(jnp.asarray(x, self.dtype))
         batch, grid_h, grid_w, dim = x.shape
         x = (x + self._positions(grid_h, grid_w).astype(self.dtype)).reshape(batch, grid_h * grid_w, dim)
+        if visible is not None:  # MAE: the visible patches only, each with its own position embedding
+            x = jnp.take_along_axis(x, visible[..., None], axis=1)
         if self.pooling == "cls":  # added after the position embeddings, as big_vision (the token has none)
             cls = self.param("cls", nn.initializers.zeros, (1, 1, dim), jnp.float32)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, dim)), x], axis=1)
         for i in range(self.depth):
             x = _Block(self.num_heads, self.mlp_dim, self.dtype, name=f"block{i + 1}")(x)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32, name="encoder_norm")(x)
+        if all_tokens:
+            return x
         return x[:, 0] if self.pooling == "cls" else jnp.mean(x, axis=1)
 
     def _embed(self, x):

@@ -195,3 +195,34 @@ def test_a_crop_the_vit_patch_does_not_divide_is_a_clear_error():
     with pytest.raises(ValueError, match=r"local_crops.crop_size=14 is not a multiple of config.model.patch_size=4.*"
                                          r"crop size of 16"):
         train.build_experiment(config, helpers.synthetic_dataset(num_train=16))
+
+
+def _forward_like_the_step(net, params, batch_stats, crops, indices, context, temperature=0.5):
+    """A method's own forward that does what the step's default does: `forward_crops` of the student's crops."""
+    assert context.key is not None and context.batch["global_index"].shape == (crops[0].shape[0],)
+    return train_step.forward_crops(net, params, batch_stats, crops, indices)
+
+
+def test_a_methods_own_forward_replaces_the_steps(monkeypatch):
+    """Method.forward (MAE's hook) is called for the student with the step's context and config.loss; one that
+    runs forward_crops gives SimCLR's step exactly; the teacher-less SimCLR never calls forward_crops itself."""
+    def first_losses(method_name):
+        config = helpers.tiny_config("simclr_cifar", batch_size=8, num_devices=2, method=method_name)
+        exp = train.build_experiment(config, helpers.synthetic_dataset(num_train=16))
+        state, metrics = train.run_steps(exp, exp.dp.put_state(train.initial_state(exp)), 0, 2)
+        return float(metrics["loss"]), sharding.local_copy(exp.dp.get_state(state)).params
+
+    want_loss, want_params = first_losses("simclr")
+    calls = []
+
+    def forward(*args, **kwargs):
+        calls.append(sorted(kwargs))
+        return _forward_like_the_step(*args, **kwargs)
+
+    monkeypatch.setitem(methods.METHODS, "own_forward",
+                        methods.dataclasses.replace(methods.METHODS["simclr"], forward=forward))
+    got_loss, got_params = first_losses("own_forward")
+    assert calls and calls[0] == ["temperature"]
+    assert got_loss == want_loss
+    for got, want in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
+        np.testing.assert_array_equal(got, want)

@@ -19,7 +19,8 @@ LOSS_OF_METHOD = {"simclr": losses.nt_xent, "byol": losses.byol_loss, "vicreg": 
                   "dino": methods.METHODS["dino"].loss,  # its loss function: the teacher-temperature schedule's keys too
                   "swav": methods.METHODS["swav"].loss,  # its loss function: the queue's keys too
                   "nnclr": methods.METHODS["nnclr"].loss,  # its loss function: the support set's size too
-                  "moco_v2_plus": methods.METHODS["moco_v2_plus"].loss}  # its loss function: the queue's size too
+                  "moco_v2_plus": methods.METHODS["moco_v2_plus"].loss,  # its loss function: the queue's size too
+                  "mae": methods.METHODS["mae"].loss}  # its loss function: the forward's mask_ratio too
 
 
 def test_every_registered_method_has_a_config():
@@ -38,11 +39,13 @@ def test_config_matches_the_registry(method):
         assert (config.model.num_prototypes > 0) == bool(entry.prototypes)
         accepted = set(inspect.signature(LOSS_OF_METHOD[method]).parameters)
         assert set(config.loss) <= accepted - {"axis_name"}
+        if entry.forward is not None:  # the method's forward is called with config.loss too
+            assert set(config.loss) <= set(inspect.signature(entry.forward).parameters)
 
 
 def test_unknown_method_is_rejected():
-    with pytest.raises(ValueError, match="config.method='mae'"):  # not yet a method (was 'swav' before SwAV)
-        methods.get_method("mae")
+    with pytest.raises(ValueError, match="config.method='data2vec'"):  # not a method (was 'mae' before MAE)
+        methods.get_method("data2vec")
 
 
 def test_tico_state_starts_at_zero():
@@ -77,5 +80,8 @@ def test_smoke_config_runs_from_the_command_line(method, image_folder, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((workdir / "eval.json").read_text())
     assert results["method"] == method and results["step"] == 2
-    assert results["network"] == "resnet18 of width 4" and results["width"] == 4
+    if method == "mae":  # a ViT (vit_tiny of 2 blocks at :smoke); it has no width
+        assert results["network"] == "vit_tiny of 2 blocks, patch 4" and "width" not in results
+    else:
+        assert results["network"] == "resnet18 of width 4" and results["width"] == 4
     assert 0.0 <= results["knn_top1"] <= 1.0 and 0.0 <= results["linear_top1"] <= results["linear_top5"] <= 1.0

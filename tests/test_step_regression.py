@@ -19,6 +19,7 @@ STEPS = 3
 RECORDED = {  # printed by this file at commit db9a17d; the code before issue 24's refactor gave the same
     'barlow_twins': [21.590885162353516, 21.57168197631836, 22.175325393676758],
     'byol': [4.392449378967285, 3.512012481689453, 2.5100088119506836],
+    'mae': [2.155580759048462, 2.069732904434204, 1.9688657522201538],  # recorded at introduction (issue 21)
     'dino': [8.07941722869873, 7.900566577911377, 7.848892688751221],  # recorded at 356576b, before the protocol
     'moco_v2_plus': [8.05660629272461, 8.033001899719238, 7.869657039642334],  # recorded at introduction (issue 21)
     'moco_v3': [3.736050605773926, 3.596442699432373, 3.521449565887451],

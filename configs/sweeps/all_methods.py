@@ -2,7 +2,8 @@
 
 Each method runs its own config (configs/<method>_cifar.py: ResNet-18, CIFAR stem) at one shared budget: 200 epochs
 at batch 512 by default (lightly's CIFAR-10 benchmark budget, kNN k=200 as ours), `:long` 1000 epochs at batch 256
-(solo-learn's CIFAR-10 budget, linear). Every method of config_files.METHOD_CONFIGS. SwAV's queue (solo-learn: 3840,
+(solo-learn's CIFAR-10 budget, linear). Every method of config_files.METHOD_CONFIGS (MAE on its own config's
+ViT-Small; neither lightly nor solo-learn publishes an MAE CIFAR-10 figure). SwAV's queue (solo-learn: 3840,
 15 batches of 256) takes whole batches: 4096 (8 batches) at batch 512, as lightly's memory banks at that batch.
 
     python -m ssl_jax.sweep run --sweep=configs/sweeps/all_methods.py --workdir=/runs/all_methods
