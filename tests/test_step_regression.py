@@ -1,11 +1,16 @@
 """The methods' first losses on their `:smoke` configs, recorded from the code before the method protocol.
 
-The smoke config (width-8 ResNet-18, batch 64, its own heads, optimizer and augmentations) trains three steps on
-the synthetic data set on all 8 test devices; each step's loss must be what the code of commit db9a17d gave
-(recorded below by running this file as a script). A change to the step that is meant to leave these methods as
-they are must reproduce them: to float32 rounding (rtol 1e-6) where the computation is unchanged; a deliberate
-reordering may relax this to 1e-4 at steps 1-3, with the reason beside the figures. Regenerate only on purpose:
-`python tests/test_step_regression.py` prints the table.
+The smoke config (width-8 ResNet-18, batch 64, its own heads, optimizer and augmentations) trains on the synthetic
+data set on all 8 test devices; the losses of its first two steps must be what the code of commit db9a17d gave
+(recorded below, three steps, by running this file as a script). Step 1 checks the forward pass and the loss at
+initialisation, step 2 the whole step once (gradients, optimizer, EMA target, the method's state).
+
+Tolerances: XLA compiles for the host's CPU, and another CPU rounds differently. Measured on an AMD EPYC host
+against these recordings (made on another host): step 1 within 1.7e-5 (DINO; most methods exact or within 1e-6),
+step 2 within 6e-5 (BYOL), step 3 up to 8% (Barlow Twins 20.40 against 22.18: the smoke config's learning rates
+amplify rounding about 30x a step, issue 20). So step 1 is compared at rtol STEP1_RTOL, step 2 at STEP2_RTOL and
+step 3 not at all; a change of the step that is not a reordering (a wrong gradient scale, EMA rate or state
+update) moves step 2 by far more. Regenerate only on purpose: `python tests/test_step_regression.py`.
 """
 import numpy as np
 import pytest
@@ -14,7 +19,9 @@ import helpers
 from ssl_jax import config_files
 from ssl_jax import train
 
-STEPS = 3
+STEPS = 2  # compared; the recordings hold three (see the module docstring)
+STEP1_RTOL = 1e-4
+STEP2_RTOL = 1e-3
 
 RECORDED = {  # printed by this file at commit db9a17d; the code before issue 24's refactor gave the same
     'barlow_twins': [21.590885162353516, 21.57168197631836, 22.175325393676758],
@@ -54,9 +61,14 @@ def smoke_losses(method, steps=STEPS, overrides=None):
     return losses
 
 
+def assert_matches(losses, recorded):
+    np.testing.assert_allclose(losses[0], recorded[0], rtol=STEP1_RTOL, atol=0, err_msg="step 1")
+    np.testing.assert_allclose(losses[1], recorded[1], rtol=STEP2_RTOL, atol=0, err_msg="step 2")
+
+
 @pytest.mark.parametrize("method", sorted(RECORDED))
 def test_smoke_losses_match_the_recording(method):
-    np.testing.assert_allclose(smoke_losses(method), RECORDED[method], rtol=1e-6, atol=0)
+    assert_matches(smoke_losses(method), RECORDED[method])
 
 
 def test_simclr_joint_batch_norm_matches_its_recording():
@@ -64,8 +76,8 @@ def test_simclr_joint_batch_norm_matches_its_recording():
     recorded when the option came (issue 20); it must differ from the per-view recording, or the option does
     nothing."""
     losses = smoke_losses("simclr", overrides={"model.joint_batch_norm": True})
-    np.testing.assert_allclose(losses, RECORDED_SIMCLR_JOINT_BATCH_NORM, rtol=1e-6, atol=0)
-    assert not np.allclose(losses, RECORDED["simclr"], rtol=1e-4)
+    assert_matches(losses, RECORDED_SIMCLR_JOINT_BATCH_NORM)
+    assert not np.allclose(losses, RECORDED["simclr"][:STEPS], rtol=1e-4)
 
 
 if __name__ == "__main__":
@@ -73,4 +85,4 @@ if __name__ == "__main__":
 
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     for name in sorted(config_files.METHOD_CONFIGS):
-        print(f"    {name!r}: {smoke_losses(name)!r},", flush=True)
+        print(f"    {name!r}: {smoke_losses(name, steps=3)!r},", flush=True)

@@ -191,7 +191,9 @@ def test_the_queue_holds_the_last_steps_projections_newest_first_and_follows_the
     q1, q8 = states1[-1].loss_state["queue"], states8[-1].loss_state["queue"]
     assert q1.shape == (1, 2, 32, 16) and q8.shape == (8, 2, 4, 16)
     np.testing.assert_allclose(np.linalg.norm(q1, axis=-1), 1.0, rtol=1e-5)  # every slot filled, unit rows
-    np.testing.assert_allclose(_queue_in_global_order(q8, 16), q1[0], rtol=2e-3, atol=2e-4)
+    # Rounding differs between 1 and 8 devices and grows over the steps: up to 3.7e-3 on one host (AMD EPYC), 2e-4 on
+    # another; a row in the wrong place differs by the rows' own size (about 0.25 for unit rows of 16).
+    np.testing.assert_allclose(_queue_in_global_order(q8, 16), q1[0], rtol=0, atol=1e-2)
     # Newest first: step 3's first 16 rows differ from step 2's, which sit behind them.
     q_step2 = states1[-2].loss_state["queue"][0]
     np.testing.assert_array_equal(q1[0][:, 16:], q_step2[:, :16])
