@@ -251,9 +251,10 @@ def test_uniform_teacher_gives_log_k_plus_kl():
     """Constant teacher logits (uniform collapse) and uniform student: loss = log K, teacher entropy log K."""
     loss, aux = losses.dino_loss(np.zeros((V, B, K), np.float32), np.full((2, B, K), 3.0, np.float32),
                                  np.zeros(K, np.float32))
-    np.testing.assert_allclose(loss, np.log(K), rtol=1e-6)
-    np.testing.assert_allclose(aux["teacher_entropy"], np.log(K), rtol=1e-6)
-    np.testing.assert_allclose(aux["teacher_max_prob"], 1.0 / K, rtol=1e-6)
+    # float32 against float64 log K: 1.1e-6 apart on one host (AMD EPYC), so the float32 tolerance 1e-5
+    np.testing.assert_allclose(loss, np.log(K), rtol=1e-5)
+    np.testing.assert_allclose(aux["teacher_entropy"], np.log(K), rtol=1e-5)
+    np.testing.assert_allclose(aux["teacher_max_prob"], 1.0 / K, rtol=1e-5)
 
 
 def test_invariant_to_constant_shift_of_student_logits():
