@@ -9,6 +9,14 @@ from ssl_jax import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = config_files.CONFIG_DIR
+# The XLA setting conftest.py gives the tests' own process (quick compilation), for the subprocesses they start.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(num_devices=1):
+    """XLA_FLAGS for a test's subprocess: `num_devices` fake CPU devices, compiled as quickly as in the tests."""
+    devices = f"--xla_force_host_platform_device_count={num_devices} " if num_devices > 1 else ""
+    return devices + FAST_COMPILE_FLAGS
 
 
 def load_config(name, arg="smoke"):

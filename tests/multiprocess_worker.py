@@ -5,7 +5,7 @@
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"  # helpers
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402

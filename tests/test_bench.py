@@ -14,7 +14,7 @@ TINY = ["--config.batch_size=16", "--config.model.width=4", "--config.model.proj
 
 
 def _bench(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=helpers.xla_flags(2))
     result = subprocess.run([sys.executable, "-m", "ssl_jax.bench", *args], cwd=helpers.REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -51,7 +51,7 @@ def test_other_parts(part):
 
 
 def test_bad_batch_fails_cleanly():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=helpers.xla_flags(4))
     result = subprocess.run([sys.executable, "-m", "ssl_jax.bench", "--config=configs/simclr_cifar.py",
                              "--config.batch_size=10", "--config.xla_cpu_flags=none"], cwd=helpers.REPO, env=env,
                             capture_output=True, text=True, timeout=300)

@@ -196,7 +196,7 @@ def test_byol_step_counts_the_target_and_the_predictor():
 
 
 def test_command_prints_the_step_count():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=helpers.xla_flags(2))
     result = subprocess.run([sys.executable, "-m", "ssl_jax.flops", "--config=configs/simclr_cifar.py",
                              "--config.batch_size=64", "--ready_views"], cwd=helpers.REPO, env=env,
                             capture_output=True, text=True, timeout=300)

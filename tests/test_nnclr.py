@@ -135,14 +135,17 @@ def test_the_method_writes_view_ones_unit_projections_at_the_steps_slot():
     assert "newest" not in aux
 
 
-def _nnclr_run(num_devices, steps, queue_size=32, batch_size=16):
-    """A tiny NNCLR run (width-4 ResNet-18); the host state after each step (the initial one first), the losses."""
+def _nnclr_run(num_devices, steps, queue_size=32, batch_size=16, learning_rate=None):
+    """A tiny NNCLR run (width-4 ResNet-18); the host state after each step (the initial one first), the losses.
+    `learning_rate` replaces the config's (0: every step's projections come from the initial parameters)."""
     import helpers
     from ssl_jax import sharding
     from ssl_jax import train
 
     config = helpers.tiny_config("nnclr_cifar", batch_size=batch_size, steps=steps, num_devices=num_devices, **{
         "loss.queue_size": queue_size, "optimizer.warmup_epochs": 0.0})
+    if learning_rate is not None:
+        config.optimizer.base_lr = learning_rate
     exp = train.build_experiment(config, helpers.synthetic_dataset(num_train=64))
     state = exp.dp.put_state(train.initial_state(exp))
     states, values = [sharding.local_copy(exp.dp.get_state(state))], []
@@ -167,20 +170,24 @@ def _support_in_global_order(queue, batch_size):
 def test_the_support_set_holds_the_last_batches_and_follows_the_device_count():
     """A support set of 2 global batches after 3 steps: slot 0 holds step 3's unit projections of view 1, slot 1
     step 2's (the random start gone), on 1 device and, each device writing its own examples, on 8; the losses
-    agree."""
-    _, states1, losses1 = _nnclr_run(1, 3)
-    _, states8, losses8 = _nnclr_run(8, 3)
+    agree. The parameters stay at their start (learning rate 0), so the device counts differ by rounding alone:
+    trained, these width-4 networks are chaotic from step 2 on (tests/test_sharding.py) and a rounding that flips
+    one nearest neighbour changes a gradient (measured: step 2's projections 0.014 apart on 1 and 8 devices with
+    the tests' quick compilation, tests/conftest.py). Training with the queue on 1 and 8 devices:
+    tests/test_sharding.py."""
+    _, states1, losses1 = _nnclr_run(1, 3, learning_rate=0.0)
+    _, states8, losses8 = _nnclr_run(8, 3, learning_rate=0.0)
     q1, q8 = states1[-1].loss_state["queue"], states8[-1].loss_state["queue"]
     assert q1.shape == (1, 32, 16) and q8.shape == (8, 4, 16)
     np.testing.assert_allclose(np.linalg.norm(q1, axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(_support_in_global_order(q8, 16), q1[0], rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(np.linalg.norm(q8, axis=-1), 1.0, rtol=1e-5)
     after2 = states1[-2].loss_state["queue"][0]
     np.testing.assert_array_equal(q1[0][16:], after2[16:])     # step 2's batch stays in slot 1
     assert not np.allclose(q1[0][:16], after2[:16])             # step 3 overwrote slot 0 (step 1's batch)
     start = states1[0].loss_state["queue"][0]
     assert not np.any(np.all(np.isclose(q1[0][:, None], start[None]), axis=-1))  # no random row left
-    np.testing.assert_allclose(losses8, losses1, rtol=(1e-4, 2e-3, 5e-2)[len(losses1) - 1])
-    np.testing.assert_allclose(losses8[0], losses1[0], rtol=1e-5)
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
 
 
 @pytest.mark.parametrize("size, message", [

@@ -61,7 +61,7 @@ def test_runner_executes_the_settings_cell_and_names_the_failing_cell(tmp_path):
         '!{PYTHON} -c "import sys; print(\'shell python\', sys.executable)"\ncheck("printing")',
         '!{PYTHON} -c "raise SystemExit(3)"\ncheck("The command")',
         'print("not reached")')
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(), JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, RUNNER, f"--notebook={notebook}", f"--workdir={tmp_path / 'w'}",
                              f"--data={tmp_path / 'data'}"], cwd=helpers.REPO, env=env, capture_output=True,
                             text=True, timeout=300)

@@ -211,7 +211,7 @@ def get_config(arg=None):
 '''
 
 
-ONE_DEVICE = dict(os.environ, XLA_FLAGS="")  # the cells on one CPU device, not conftest's 8
+ONE_DEVICE = dict(os.environ, XLA_FLAGS=helpers.xla_flags())  # the cells on one CPU device, not conftest's 8
 
 
 def _sweep_command(command, sweep_file, workdir, *extra):
