@@ -8,10 +8,10 @@ initialisation, step 2 the whole step once (gradients, optimizer, EMA target, th
 Tolerances: XLA compiles for the host's CPU, and another CPU rounds differently. Measured on an AMD EPYC host
 against these recordings (made on another host): step 1 within 1.7e-5 (DINO; most methods exact or within 1e-6),
 step 2 within 6e-5 (BYOL), step 3 up to 8% (Barlow Twins 20.40 against 22.18: the smoke config's learning rates
-amplify rounding about 30x a step, issue 20); the tests' quick compilation (tests/conftest.py) moved step 2 by
-at most 5e-5 more (Barlow Twins 21.57074 against 21.57178 at full optimisation). So step 1 is compared at rtol STEP1_RTOL, step 2 at STEP2_RTOL and
-step 3 not at all; a change of the step that is not a reordering (a wrong gradient scale, EMA rate or state
-update) moves step 2 by far more. Regenerate only on purpose: `python tests/test_step_regression.py`.
+amplify rounding about 30x a step, issue 20); the tests' quick compilation (tests/conftest.py) moves step 2 by
+up to 5e-5 (Barlow Twins 21.57074 against 21.57178 at full optimisation). So step 1 is compared at rtol
+STEP1_RTOL, step 2 at STEP2_RTOL and step 3 not at all; a change of the step that is not a reordering (a wrong
+gradient scale, EMA rate or state update) moves step 2 by far more. Regenerate only on purpose: `python tests/test_step_regression.py`.
 """
 import numpy as np
 import pytest
