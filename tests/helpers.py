@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+from fast_compile import FAST_COMPILE_FLAGS
 
 from ssl_jax import config_files
 from ssl_jax import config_lib
@@ -9,8 +10,6 @@ from ssl_jax import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = config_files.CONFIG_DIR
-# The XLA setting conftest.py gives the tests' own process (quick compilation), for the subprocesses they start.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def xla_flags(num_devices=1):

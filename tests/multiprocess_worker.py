@@ -5,7 +5,9 @@
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"  # helpers
+from fast_compile import FAST_COMPILE_FLAGS
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 " + FAST_COMPILE_FLAGS
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402

@@ -164,8 +164,8 @@ def test_a_queue_longer_than_the_checks_is_shortened():
 
 def test_methods_that_do_not_yet_pass_are_left_out_of_the_default_run():
     assert learning_check.NOT_YET_PASSING == ("moco_v2_plus", "mae", "dino", "swav")
-    assert not set(learning_check.NOT_YET_PASSING) & set(learning_check.DEFAULT_METHODS)
     left_out = set(learning_check.NOT_YET_PASSING)
+    assert not left_out & set(learning_check.DEFAULT_METHODS)
     assert set(learning_check.DEFAULT_METHODS) == set(config_files.METHOD_CONFIGS) - left_out
     assert "nnclr" in learning_check.DEFAULT_METHODS
-    assert set(learning_check.NOT_YET_PASSING) <= set(config_files.CHECKED_CONFIGS)  # still checkable by name
+    assert left_out <= set(config_files.CHECKED_CONFIGS)  # still checkable by name
