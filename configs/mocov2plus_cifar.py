@@ -9,10 +9,11 @@ weight decay 1e-4, 10 warm-up epochs then cosine; batch 256, 1000 epochs. Views:
 `symmetric_weak.yaml` (jitter 0.4/0.4/0.4/0.1 with p=0.8, grayscale p=0.2, crop scale (0.08, 1), no solarize; its
 blur p=0.5 left out at 32x32: config_lib.CIFAR_BLUR_PROB).
 Anchor: solo-learn 1000 epochs 92.94% online linear (its CIFAR-10 results table).
-Differs from solo-learn: the projector's hidden layer has BatchNorm here (models.MLPHead always has it; solo-learn's
-is Linear-ReLU-Linear); the EMA's tau ends at 1.0 (train_step.ema_decay_schedule; solo-learn final_tau 0.999); no
+The projector is solo-learn's and MoCo v2's Linear-ReLU-Linear, without BatchNorm (model.projector_hidden_bn=False;
+with it the learning check gained +3.8, without +5.1: docs/learning_check.md, "MoCo v2+").
+Differs from solo-learn: the EMA's tau ends at 1.0 (train_step.ema_decay_schedule; solo-learn final_tau 0.999); no
 shuffled BatchNorm (MoCo's official code shuffles the key encoder's batch across GPUs; solo-learn syncs BatchNorm
-instead). This method does not yet pass the learning check (docs/learning_check.md, "MoCo v2+").
+instead).
 
     python -m ssl_jax.main --config=configs/mocov2plus_cifar.py --workdir=/tmp/mocov2plus
     python -m ssl_jax.main --config=configs/mocov2plus_cifar.py:smoke --workdir=/tmp/smoke
@@ -29,6 +30,7 @@ def get_config(arg=None):
     # shared values), its optimizer set below
     config_lib.solo_learn_cifar_recipe(config, base_lr=0.3, weight_decay=1e-4, projector_hidden=(2048,),
                                        projection_dim=256)
+    config.model.projector_hidden_bn = False     # solo-learn mocov2plus.py projector: Linear-ReLU-Linear (MoCo v2)
     config.optimizer.name = "sgd"                # solo-learn mocov2plus.yaml optimizer sgd (momentum 0.9: the base)
     config.optimizer.base_lr = 0.3               # solo-learn mocov2plus.yaml lr (per 256 images, linear scaling)
     config.optimizer.weight_decay = 1e-4         # solo-learn mocov2plus.yaml weight_decay

@@ -132,6 +132,8 @@ def base_config():
         projector_hidden=(512,),     # SimCLR v1: 2-layer MLP head, hidden = feature width
         projection_dim=128,          # SimCLR: 128-d projection
         projector_last_bn=False,     # BatchNorm (no affine) on the projector's output (SimSiam, MoCo v3)
+        projector_hidden_bn=True,    # BatchNorm after the projector's hidden layers (SimCLR v1; False: MoCo v2's
+                                     # Linear-ReLU-Linear head)
         predictor_hidden=(),
         predictor_dim=0,             # 0: no predictor
         dtype="auto",                # 'auto': bfloat16 on GPU/TPU, float32 on CPU; params always float32

@@ -37,21 +37,30 @@ CHECK_VIT_DEPTH = 1
 # the check: 120 steps of 256 fill 30,720 rows, so NNCLR's 65,536 would be mostly its random start for the whole run
 # and its positives random vectors; 4096 (16 batches) is lightly's NNCLR memory bank on CIFAR-10.
 CHECK_QUEUE_SIZE = 4096
+# An EMA target's decay (config.ema.base_decay) above this is lowered to it in the check: an EMA of decay tau averages
+# about the last 1 / (1 - tau) steps, so DINO's 0.9995 (2000 steps) keeps its teacher at its random initialisation
+# through the check's 120 steps; 0.99 (100 steps) is BYOL's, MoCo v2+'s and MoCo v3's own value. DINO on an AMD EPYC
+# host: +3.8 at 0.9995, +5.5 at 0.99 (seed 1: +4.4) (docs/learning_check.md, "DINO and SwAV across hosts").
+CHECK_MAX_EMA_DECAY = 0.99
 # Collapse: SimSiam's indicator (the per-channel std of the L2-normalised projection) times sqrt(d) is about 1 for
 # spread-out outputs and 0 for collapsed ones; healthy runs here stay above 0.6 (docs/learning_check.md).
 COLLAPSED_STD = 0.3
 # The loss may not rise from a third of the run to its end by more than this fraction of its size (at least 1):
-# every method's loss falls there once warm-up is over (TiCo's only after its running covariance has filled).
+# every method's loss falls there once warm-up is over (TiCo's only after its running covariance has filled) but
+# those of LOSS_MAY_RISE.
 LOSS_RISE_TOLERANCE = 0.05
+# Methods whose loss is not comparable along the check's run, so "loss rising" is not a failure for them (the
+# other verdicts are): MoCo v2+'s InfoNCE is taken against a queue of the key encoder's recent keys, and its
+# negatives grow harder as that encoder learns, so its loss rises over the first epochs while kNN and linear
+# accuracy rise (loss 6.76 at step 40 -> 7.61 at 120, kNN +5.1: docs/learning_check.md, "MoCo v2+").
+LOSS_MAY_RISE = ("moco_v2_plus",)
 
-# Methods left out of the default --methods (still checkable by name). MoCo v2+ gains +3.8 of the 4 kNN points in
-# 120 steps, its positives at chance; with a faster key encoder it finds a shortcut, likely the batch signature
-# BatchNorm gives a query and its key, which the official MoCo's shuffled BatchNorm takes away and this library does
-# not have yet (docs/learning_check.md, "MoCo v2+"). MAE's check is not calibrated yet (the check shrinks its
-# encoder, not its decoder of 8 blocks 512 wide).
-# DINO and SwAV passed when they came (+5.4, +5.8) but gained +3.9 and +2.0 in the fresh-clone CI of stop 30
-# (2026-12-06), after the queue and MAE merges: a regression under investigation, out of the default run until found.
-NOT_YET_PASSING = ("moco_v2_plus", "mae", "dino", "swav")
+# Methods left out of the default --methods (still checkable by name). MoCo v2+ gains +5.1 at seed 0 but +1.8 at
+# seed 1, its projections collapsing (docs/learning_check.md, "MoCo v2+"). MAE's check is not calibrated yet (the
+# check shrinks its encoder, not its decoder of 8 blocks 512 wide). SwAV gained +5.8 on the host where it came and
+# +2.0 on an AMD EPYC host with the same code: its figure straddles the margin by host (docs/learning_check.md,
+# "DINO and SwAV across hosts").
+NOT_YET_PASSING = ("moco_v2_plus", "mae", "swav")
 # The entries the check runs when --methods is not given: every method's own config but NOT_YET_PASSING.
 DEFAULT_METHODS = [m for m in config_files.METHOD_CONFIGS if m not in NOT_YET_PASSING]
 
@@ -117,7 +126,8 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     """The entry's config (`method`: a key of config_files.CHECKED_CONFIGS) at the check's size: ResNet-18 of
     `width`, or for a ViT config ViT-Tiny of CHECK_VIT_DEPTH blocks (`width` unused; patch, pooling, position
     embeddings and crops as the config has them), batch 256, `steps` steps with a tenth of them warm-up, heads as
-    the config has them, a queue of at most CHECK_QUEUE_SIZE, evaluation on a 10,000-image train subset."""
+    the config has them, a queue of at most CHECK_QUEUE_SIZE, an EMA decay of at most CHECK_MAX_EMA_DECAY,
+    evaluation on a 10,000-image train subset."""
     config = config_files.load_config(config_files.CHECKED_CONFIGS[method])
     if config_lib.is_vit(config):
         config.model.name = "vit_tiny"
@@ -132,6 +142,8 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     config.eval.knn_k = 200
     if config.loss.get("queue_size", 0) > CHECK_QUEUE_SIZE:
         config.loss.queue_size = CHECK_QUEUE_SIZE
+    if config.ema.base_decay > CHECK_MAX_EMA_DECAY:
+        config.ema.base_decay = CHECK_MAX_EMA_DECAY
     for item in overrides:
         key, _, value = item.partition("=")
         config_files.set_value(config, key, value)
@@ -194,17 +206,17 @@ def train_logged(exp, state, step_fn, log_every=20, print_fn=print):
     return state, losses, initial_rank
 
 
-def verdict(losses, gain, projection_dim, margin=DEFAULT_MARGIN):
+def verdict(losses, gain, projection_dim, margin=DEFAULT_MARGIN, loss_may_rise=False):
     """Why a run fails the check ('' when it passes): a non-finite loss; collapse (the last normalised projection
-    std below COLLAPSED_STD / sqrt(d)); a loss that rose over the last two thirds of the run; or a kNN gain over
-    random initialisation below `margin`."""
+    std below COLLAPSED_STD / sqrt(d)); a loss that rose over the last two thirds of the run (unless
+    `loss_may_rise`: LOSS_MAY_RISE); or a kNN gain over random initialisation below `margin`."""
     values = [entry[1] for entry in losses]
     if not all(math.isfinite(v) for v in values):
         return "NaN loss"
     if losses[-1][2] * math.sqrt(projection_dim) < COLLAPSED_STD:
         return "collapsed"
     third = values[len(values) // 3]
-    if values[-1] > third + LOSS_RISE_TOLERANCE * max(1.0, abs(third)):
+    if not loss_may_rise and values[-1] > third + LOSS_RISE_TOLERANCE * max(1.0, abs(third)):
         return "loss rising"
     if gain < margin:
         return f"kNN gain < {margin:.0%}"
@@ -247,7 +259,7 @@ def check_method(method, dataset, margin=DEFAULT_MARGIN, steps=DEFAULT_STEPS, wi
     trained = train.evaluate_state(exp, state)
     gain = trained["knn_top1"] - baseline["knn_top1_random_init"]
     output_dim = config.model.num_prototypes or config.model.projection_dim  # DINO's 'projection': prototype scores
-    failure = verdict(losses, gain, output_dim, margin)
+    failure = verdict(losses, gain, output_dim, margin, loss_may_rise=method in LOSS_MAY_RISE)
     return {
         "method": method, "config": config_files.CHECKED_CONFIGS[method], "network": config_lib.backbone_name(config),
         "steps": steps, "width": width,

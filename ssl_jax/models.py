@@ -289,12 +289,14 @@ class ResNet(nn.Module):
 class MLPHead(nn.Module):
     """Projector / predictor: (Linear-BN-ReLU) x len(hidden_dims), then Linear(output_dim).
 
-    Hidden Linears have no bias (BN follows). With ``last_bn`` the final Linear is bias-free
-    and followed by an affine-free BN (SimCLR v2 / Barlow Twins style).
+    Hidden Linears have no bias (BN follows). With ``hidden_bn=False`` the hidden layers are Linear(with
+    bias)-ReLU (MoCo v2's MLP head, solo-learn's MoCo v2+ projector). With ``last_bn`` the final Linear is
+    bias-free and followed by an affine-free BN (SimCLR v2 / Barlow Twins style).
     """
     hidden_dims: Sequence[int]
     output_dim: int
     last_bn: bool = False
+    hidden_bn: bool = True
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
@@ -304,7 +306,10 @@ class MLPHead(nn.Module):
         norm = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
         x = jnp.asarray(x, self.dtype)
         for dim in self.hidden_dims:
-            x = norm(relu=True)(dense(dim, use_bias=False)(x), num_views)
+            if self.hidden_bn:
+                x = norm(relu=True)(dense(dim, use_bias=False)(x), num_views)
+            else:
+                x = nn.relu(dense(dim)(x))
         x = dense(self.output_dim, use_bias=not self.last_bn)(x)
         if self.last_bn:
             x = norm(use_bias=False, use_scale=False)(x, num_views)
@@ -424,6 +429,7 @@ class SSLNet(nn.Module):
     projector_hidden: Sequence[int] = (512,)
     projection_dim: int = 128
     projector_last_bn: bool = False
+    projector_hidden_bn: bool = True  # BatchNorm after the projector's hidden Linears (MLPHead.hidden_bn)
     predictor_hidden: Sequence[int] = ()
     predictor_dim: int = 0
     dtype: Any = jnp.float32
@@ -449,7 +455,8 @@ class SSLNet(nn.Module):
         layer)."""
         if not self.num_prototypes:
             return MLPHead(tuple(self.projector_hidden), self.projection_dim, last_bn=self.projector_last_bn,
-                           dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=name)
+                           hidden_bn=self.projector_hidden_bn, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                           name=name)
         if self.prototype_head not in ("dino", "swav"):
             raise ValueError(f"prototype_head={self.prototype_head!r} is not known; use 'dino' or 'swav'.")
         if self.prototype_head == "swav":
@@ -557,6 +564,7 @@ def make_ssl_net(model_cfg: Mapping[str, Any], dtype: Any = jnp.float32,
         projector_hidden=tuple(int(h) for h in get("projector_hidden", "projector_hidden")),
         projection_dim=int(get("projection_dim", "projection_dim")),
         projector_last_bn=bool(get("projector_last_bn", "projector_last_bn")),
+        projector_hidden_bn=bool(get("projector_hidden_bn", "projector_hidden_bn")),
         predictor_hidden=tuple(int(h) for h in get("predictor_hidden", "predictor_hidden")),
         predictor_dim=int(get("predictor_dim", "predictor_dim")),
         dtype=parse_dtype(dtype) if isinstance(dtype, str) else dtype,

@@ -139,6 +139,24 @@ def test_mlp_head_last_bn():
     assert set(v["params"]["Dense_0"]) == {"kernel"}  # hidden Linear: BN follows, no bias
 
 
+def test_mlp_head_without_hidden_bn_is_linear_relu_linear():
+    """MoCo v2's head (hidden_bn=False): Linear(bias)-ReLU-Linear, no BatchNorm, so one example's output does
+    not depend on the rest of the batch; checked against NumPy."""
+    head = MLPHead((8,), 4, hidden_bn=False)
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    v = jax.jit(lambda: head.init(KEY, x, train=True))()
+    assert set(v["params"]) == {"Dense_0", "Dense_1"} and "batch_stats" not in v
+    p = jax.tree.map(np.asarray, v["params"])
+    p["Dense_0"]["bias"] = np.linspace(-1, 1, 8).astype(np.float32)  # non-zero, so the bias is exercised
+    out = head.apply({"params": p}, x, train=True)
+    hidden = np.maximum(x.astype(np.float64) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], 0.0)
+    np.testing.assert_allclose(out, hidden @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head.apply({"params": p}, x[:2], train=True), out[:2], rtol=1e-6, atol=1e-7)
+    net = make_ssl_net({"name": "resnet18", "width": 4, "projector_hidden": (16,), "projection_dim": 8,
+                        "projector_hidden_bn": False})
+    assert net.projector_hidden_bn is False
+
+
 def _numpy_view_batch_norm(x, num_views, scale, bias, ra_mean, ra_var, momentum=0.9, eps=1e-5):
     """Per-view BatchNorm in NumPy (float64): each view normalised by its own biased statistics; the running
     averages updated view after view, r <- m r + (1 - m) s_v."""
