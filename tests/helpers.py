@@ -24,7 +24,8 @@ def load_config(name, arg="smoke"):
 
 
 def tiny_config(name="simclr_cifar", batch_size=16, steps=4, **overrides):
-    """The method's smoke config shrunk further: width-4 ResNet-18, few steps, quick evaluation."""
+    """The method's smoke config shrunk further: width-4 ResNet-18, few steps, quick evaluation. `overrides`
+    ('loss.queue_size' and the like, given as **{...}) must name existing settings: a misspelt key fails."""
     config = load_config(name)
     config.batch_size = batch_size
     config.num_train_steps = steps
@@ -42,6 +43,9 @@ def tiny_config(name="simclr_cifar", batch_size=16, steps=4, **overrides):
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
+        if leaf not in node:
+            raise KeyError(f"tiny_config({name!r}): config.{key} is not a setting of this config; "
+                           f"config.{'.'.join(parents) or '<top>'} has {sorted(node)}.")
         node[leaf] = value
     return config
 
