@@ -495,7 +495,7 @@ def _moco_v2_ctr(q, k, negatives, temperature):
     neg = jnp.matmul(q, negatives.T, precision=lax.Precision.HIGHEST)
     logits = jnp.concatenate([pos, neg], axis=1) / temperature
     ce, correct = _cross_entropy(logits, jnp.zeros((q.shape[0],), jnp.int32))
-    return jnp.mean(ce), jnp.mean(correct.astype(jnp.float32))
+    return jnp.mean(ce), jnp.mean(correct.astype(jnp.float32)), jnp.mean(pos), jnp.mean(neg)
 
 
 def moco_v2_loss(q1, q2, k1, k2, queue, temperature=0.2, axis_name=None):
@@ -513,9 +513,10 @@ def moco_v2_loss(q1, q2, k1, k2, queue, temperature=0.2, axis_name=None):
     q1, q2 = _l2_normalize(q1), _l2_normalize(q2)
     k1, k2 = _l2_normalize(lax.stop_gradient(k1)), _l2_normalize(lax.stop_gradient(k2))
     queue = lax.stop_gradient(_f32(queue))
-    l12, acc12 = _moco_v2_ctr(q1, k2, queue[1], temperature)
-    l21, acc21 = _moco_v2_ctr(q2, k1, queue[0], temperature)
+    l12, acc12, pos12, neg12 = _moco_v2_ctr(q1, k2, queue[1], temperature)
+    l21, acc21, pos21, neg21 = _moco_v2_ctr(q2, k1, queue[0], temperature)
     aux = {"loss_12": l12, "loss_21": l21, "accuracy": 0.5 * (acc12 + acc21),
+           "positive_similarity": 0.5 * (pos12 + pos21), "negative_similarity": 0.5 * (neg12 + neg21),
            "newest": jnp.stack([_gather(k1, axis_name), _gather(k2, axis_name)])}
     return 0.5 * (l12 + l21), aux
 

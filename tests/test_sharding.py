@@ -36,13 +36,24 @@ def _run(config_name, num_devices, steps, parallel="shard_map", tracked=None):
     return after_first, values, sharding.local_copy(exp.dp.get_state(state))
 
 
-def _assert_trees_close(a, b, rtol, atol):
+# A state leaf after one step on 1 and on 8 devices may differ by this fraction of the leaf's largest entry. The
+# sums behind a gradient run in another order on 8 devices; in the first stages' BatchNorm gradients of these width-4
+# networks they cancel heavily, and on an AMD EPYC host SimCLR's and MoCo v2+'s differed by up to 1.1% of the leaf's
+# largest entry (elementwise up to 2.9x a near-zero entry) where other hosts stayed within rtol 1e-4 (all thirteen
+# methods measured; the rest within 4e-5 there too). What this test is for fails by the whole leaf: gradients or
+# BatchNorm statistics not averaged over devices are off by up to 8x.
+LEAF_SCALE_TOL = 5e-2
+
+
+def _assert_trees_close(a, b, rtol, atol, leaf_scale_tol=0.0):
+    """Every leaf of `a` close to `b`'s: |a - b| <= atol + rtol |b| + leaf_scale_tol max|b| elementwise."""
     paths_a = jax.tree_util.tree_leaves_with_path(a)
     leaves_b = jax.tree.leaves(b)
     assert len(paths_a) == len(leaves_b)
     for (path, x), y in zip(paths_a, leaves_b):
-        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol,
-                                   err_msg=jax.tree_util.keystr(path))
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        leaf_atol = atol + leaf_scale_tol * (np.max(np.abs(y)) if y.size else 0.0)
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=leaf_atol, err_msg=jax.tree_util.keystr(path))
 
 
 def _shared_loss_state(state):
@@ -51,15 +62,15 @@ def _shared_loss_state(state):
     return {k: v for k, v in state.loss_state.items() if not k.startswith("queue")}
 
 
-def _assert_same_step(run_a, run_b, rtol=1e-4, atol=1e-5):
-    """The same state (every slot, optimizer state included, the loss state's shared parts) and metrics, up to
-    float rounding."""
+def _assert_same_step(run_a, run_b, rtol=1e-4, atol=1e-5, leaf_scale_tol=LEAF_SCALE_TOL):
+    """The same metrics up to float rounding, and the same state (every slot, optimizer state included, the loss
+    state's shared parts) up to float rounding and its amplification (LEAF_SCALE_TOL)."""
     (state_a, metrics_a), (state_b, metrics_b) = run_a, run_b
     assert sorted(metrics_a) == sorted(metrics_b)
     _assert_trees_close(metrics_a, metrics_b, rtol, atol)
     for slot in STATE_SLOTS:
         pick = _shared_loss_state if slot == "loss_state" else (lambda state: getattr(state, slot))
-        _assert_trees_close(pick(state_a), pick(state_b), rtol, atol)
+        _assert_trees_close(pick(state_a), pick(state_b), rtol, atol, leaf_scale_tol)
     assert int(state_a.step) == int(state_b.step)
 
 
@@ -67,6 +78,18 @@ def _tico_tracked(metrics, step, beta=0.9):
     """TiCo's loss rises while its running covariance C fills up from zero, so what must go down for TiCo is the
     covariance contrast mean(z1' C z1) with C's fill corrected: divided by 1 - beta^(k+1)."""
     return float(metrics["covariance"]) / (1 - beta ** (step + 1))
+
+
+def _moco_tracked(metrics, step):
+    """MoCo v2+'s loss rises while its queue fills: the 32,768 random unit keys it starts with score about 0 against
+    a query, the real keys that replace them score near the positive (on these toy images of 10 colour-and-stripe
+    patterns, q.k about 0.9: measured 6.64 -> 6.83 over 24 steps, with positive similarity 0.90 -> 0.94). What must
+    improve is the agreement of each query with its own key: minus the mean positive similarity q.k must go down."""
+    del step
+    return -float(metrics["positive_similarity"])
+
+
+TRACKED = {"tico_cifar": _tico_tracked, "mocov2plus_cifar": _moco_tracked}
 
 
 # After one step the device counts agree to float rounding. After that these width-4 test networks (batch 16, peak
@@ -94,9 +117,9 @@ def _assert_losses_follow(values, reference):
 
 @pytest.mark.parametrize("config_name", METHOD_CONFIGS)
 def test_every_method_trains_and_eight_devices_follow_one(config_name):
-    """Each method: the loss goes down over 24 steps on one device, the loss state is threaded through the steps,
+    """Each method: the loss (or what TRACKED names) goes down over 24 steps on one device, the loss state is threaded through the steps,
     and 8 devices reproduce the first step (every state slot and metric) and the losses of the next two."""
-    tracked = _tico_tracked if config_name == "tico_cifar" else None
+    tracked = TRACKED.get(config_name)
     one_first, one_values, one_final = _run(config_name, 1, 24, tracked=tracked)
     assert np.isfinite(one_values).all(), one_values
     if config_name not in NO_FALLING_LOSS_ON_TOY:
@@ -123,7 +146,7 @@ def test_pmap_and_shard_map_agree(config_name):
     """The same per-device function under both mappings: the same numbers, step after step."""
     shard_map_first, shard_map_values, shard_map_final = _run(config_name, 4, 2, "shard_map")
     pmap_first, pmap_values, pmap_final = _run(config_name, 4, 2, "pmap")
-    _assert_same_step(shard_map_first, pmap_first, rtol=1e-5, atol=1e-6)
+    _assert_same_step(shard_map_first, pmap_first, rtol=1e-5, atol=1e-6, leaf_scale_tol=0.0)
     for slot in STATE_SLOTS:
         _assert_trees_close(getattr(shard_map_final, slot), getattr(pmap_final, slot), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pmap_values, shard_map_values, rtol=1e-6)
