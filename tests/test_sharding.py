@@ -36,24 +36,13 @@ def _run(config_name, num_devices, steps, parallel="shard_map", tracked=None):
     return after_first, values, sharding.local_copy(exp.dp.get_state(state))
 
 
-# A state leaf after one step on 1 and on 8 devices may differ by this fraction of the leaf's largest entry. The
-# sums behind a gradient run in another order on 8 devices; in the first stages' BatchNorm gradients of these width-4
-# networks they cancel heavily, and on an AMD EPYC host SimCLR's and MoCo v2+'s differed by up to 1.1% of the leaf's
-# largest entry (elementwise up to 2.9x a near-zero entry) where other hosts stayed within rtol 1e-4 (all thirteen
-# methods measured; the rest within 4e-5 there too). What this test is for fails by the whole leaf: gradients or
-# BatchNorm statistics not averaged over devices are off by up to 8x.
-LEAF_SCALE_TOL = 5e-2
-
-
 def _assert_trees_close(a, b, rtol, atol, leaf_scale_tol=0.0):
     """Every leaf of `a` close to `b`'s: |a - b| <= atol + rtol |b| + leaf_scale_tol max|b| elementwise."""
     paths_a = jax.tree_util.tree_leaves_with_path(a)
     leaves_b = jax.tree.leaves(b)
     assert len(paths_a) == len(leaves_b)
     for (path, x), y in zip(paths_a, leaves_b):
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        leaf_atol = atol + leaf_scale_tol * (np.max(np.abs(y)) if y.size else 0.0)
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=leaf_atol, err_msg=jax.tree_util.keystr(path))
+        helpers.assert_leaf_close(x, y, rtol, atol, leaf_scale_tol, err_msg=jax.tree_util.keystr(path))
 
 
 def _shared_loss_state(state):
@@ -62,9 +51,9 @@ def _shared_loss_state(state):
     return {k: v for k, v in state.loss_state.items() if not k.startswith("queue")}
 
 
-def _assert_same_step(run_a, run_b, rtol=1e-4, atol=1e-5, leaf_scale_tol=LEAF_SCALE_TOL):
+def _assert_same_step(run_a, run_b, rtol=1e-4, atol=1e-5, leaf_scale_tol=helpers.LEAF_SCALE_TOL):
     """The same metrics up to float rounding, and the same state (every slot, optimizer state included, the loss
-    state's shared parts) up to float rounding and its amplification (LEAF_SCALE_TOL)."""
+    state's shared parts) up to float rounding and its amplification (helpers.LEAF_SCALE_TOL)."""
     (state_a, metrics_a), (state_b, metrics_b) = run_a, run_b
     assert sorted(metrics_a) == sorted(metrics_b)
     _assert_trees_close(metrics_a, metrics_b, rtol, atol)
@@ -117,8 +106,8 @@ def _assert_losses_follow(values, reference):
 
 @pytest.mark.parametrize("config_name", METHOD_CONFIGS)
 def test_every_method_trains_and_eight_devices_follow_one(config_name):
-    """Each method: the loss (or what TRACKED names) goes down over 24 steps on one device, the loss state is threaded through the steps,
-    and 8 devices reproduce the first step (every state slot and metric) and the losses of the next two."""
+    """Each method: the loss (or what TRACKED names) goes down over 24 steps on one device, the loss state is
+    threaded through the steps, and 8 devices reproduce the first step (every state slot and metric) and the losses of the next two."""
     tracked = TRACKED.get(config_name)
     one_first, one_values, one_final = _run(config_name, 1, 24, tracked=tracked)
     assert np.isfinite(one_values).all(), one_values
