@@ -2,7 +2,7 @@
 with solo-learn's ResNet-18 CIFAR recipe (scripts/pretrain/cifar/mocov2plus.yaml and solo/methods/mocov2plus.py).
 
 ResNet-18 with the CIFAR stem; projector 2048 -> 256 (MoCo v2's MLP head), its EMA copy the key encoder (tau 0.99,
-cosine towards 1); the symmetric InfoNCE at temperature 0.2, each query's positive the key of the other view and its
+cosine to 0.999); the symmetric InfoNCE at temperature 0.2, each query's positive the key of the other view and its
 negatives a queue of 32,768 past keys of that view (random unit vectors at first; every device holds the whole
 queue and writes the keys gathered from all devices: methods._moco_queue); SGD lr 0.3 per 256 images (momentum 0.9),
 weight decay 1e-4, 10 warm-up epochs then cosine; batch 256, 1000 epochs. Views: solo-learn's CIFAR
@@ -11,9 +11,8 @@ blur p=0.5 left out at 32x32: config_lib.CIFAR_BLUR_PROB).
 Anchor: solo-learn 1000 epochs 92.94% online linear (its CIFAR-10 results table).
 The projector is solo-learn's and MoCo v2's Linear-ReLU-Linear, without BatchNorm (model.projector_hidden_bn=False;
 with it the learning check gained +3.8, without +5.1: docs/learning_check.md, "MoCo v2+").
-Differs from solo-learn: the EMA's tau ends at 1.0 (train_step.ema_decay_schedule; solo-learn final_tau 0.999); no
-shuffled BatchNorm (MoCo's official code shuffles the key encoder's batch across GPUs; solo-learn syncs BatchNorm
-instead).
+Differs from MoCo's official code: no shuffled BatchNorm (it shuffles the key encoder's batch across GPUs;
+solo-learn syncs BatchNorm instead, as we do).
 
     python -m ssl_jax.main --config=configs/mocov2plus_cifar.py --workdir=/tmp/mocov2plus
     python -m ssl_jax.main --config=configs/mocov2plus_cifar.py:smoke --workdir=/tmp/smoke
@@ -41,5 +40,6 @@ def get_config(arg=None):
         temperature=0.2,                         # solo-learn mocov2plus.yaml temperature (MoCo v2 paper: 0.2)
         queue_size=32768,                        # solo-learn mocov2plus.yaml queue_size (MoCo paper: 65,536)
     ))
-    config.ema.base_decay = 0.99                 # solo-learn mocov2plus.yaml base_tau (final_tau 0.999; ours: 1.0)
+    config.ema.base_decay = 0.99                 # solo-learn mocov2plus.yaml base_tau
+    config.ema.final_decay = 0.999               # solo-learn mocov2plus.yaml final_tau
     return config_lib.finalize(config, arg)

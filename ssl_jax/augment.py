@@ -31,6 +31,15 @@ import jax.numpy as jnp
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)  # per-pixel std over the CIFAR-10 training set
+# Each data set's per-channel pixel mean and std over its training split, for values in [0, 1]: what `normalize`
+# standardises a network's inputs with, in training and in every evaluation of its encoder (the exported encoder
+# records them). CIFAR-10: measured on the shared copy by tests/test_augment.py; CIFAR-100: the values solo-learn
+# and most CIFAR-100 code use; ImageNet: torchvision's.
+PIXEL_STATS = {
+    "cifar10": (CIFAR_MEAN, CIFAR_STD),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 _HIGHEST = jax.lax.Precision.HIGHEST
 _CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop
@@ -348,8 +357,19 @@ def two_views(step_key, images, global_indices, cfg1: ViewConfig, cfg2: ViewConf
     return v1, v2
 
 
-def normalize(images, mean=CIFAR_MEAN, std=CIFAR_STD):
-    """Standardises float [0, 1] images per channel (CIFAR-10 statistics by default)."""
+def pixel_stats(dataset_name):
+    """(mean, std) per channel of the data set `dataset_name` (PIXEL_STATS); ValueError for one without them."""
+    if dataset_name not in PIXEL_STATS:
+        raise ValueError(f"config.data.name={dataset_name!r} has no pixel statistics to normalise its images with; "
+                         f"known: {', '.join(PIXEL_STATS)} (add its per-channel mean and std to "
+                         "ssl_jax.augment.PIXEL_STATS).")
+    return PIXEL_STATS[dataset_name]
+
+
+def normalize(images, stats=PIXEL_STATS["cifar10"]):
+    """Standardises float [0, 1] images per channel with `stats` = (mean, std) (a data set's: `pixel_stats`;
+    CIFAR-10's by default)."""
+    mean, std = stats
     return (images - jnp.asarray(mean, images.dtype)) / jnp.asarray(std, images.dtype)
 
 

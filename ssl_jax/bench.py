@@ -136,7 +136,7 @@ def _mapped_augmentation(exp):
     from ssl_jax import train, train_step
 
     groups, key = train.crop_groups(exp.config), jax.random.key(0)
-    return exp.dp.map_batch_fn(lambda batch: train_step.augmented_crops(key, batch, groups))
+    return exp.dp.map_batch_fn(lambda batch: train_step.augmented_crops(key, batch, groups, exp.pixel_stats))
 
 
 def bench_augment(exp, steps, warmup):

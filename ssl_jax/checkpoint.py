@@ -371,10 +371,11 @@ def main(argv):
         print(f"{path} {shape} {dtype}")
 
 
-def export_encoder(directory, params, batch_stats, model_config):
+def export_encoder(directory, params, batch_stats, model_config, pixel_stats=None):
     """Writes the backbone's variables and the settings needed to rebuild it to `directory`: ENCODER_CONFIG_FILE
     holds `models.backbone_settings` (name, width and stem for a ResNet; name, patch size, pooling, position
-    embedding and depth for a ViT)."""
+    embedding and depth for a ViT) and, given `pixel_stats`, the per-channel `pixel_mean` and `pixel_std` its
+    inputs were normalised with in training (`encoder_pixel_stats` reads them back)."""
     from ssl_jax import models  # see load_encoder
 
     directory = os.path.abspath(directory)
@@ -384,14 +385,31 @@ def export_encoder(directory, params, batch_stats, model_config):
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:
         with open(os.path.join(directory, ENCODER_CONFIG_FILE), "w") as f:
-            json.dump(models.backbone_settings(model_config), f, indent=2)
+            settings = models.backbone_settings(model_config)
+            if pixel_stats is not None:
+                settings.update(pixel_mean=list(pixel_stats[0]), pixel_std=list(pixel_stats[1]))
+            json.dump(settings, f, indent=2)
+
+
+def encoder_pixel_stats(directory):
+    """(mean, std) per channel that the exported encoder in `directory` was trained on (`augment.normalize`'s
+    `stats`): as recorded by `export_encoder`, or CIFAR-10's for an encoder written before they were recorded
+    (every run then normalised with CIFAR-10's)."""
+    from ssl_jax import augment  # see load_encoder
+
+    with open(os.path.join(os.path.abspath(directory), ENCODER_CONFIG_FILE)) as f:
+        cfg = json.load(f)
+    if "pixel_mean" not in cfg:
+        return augment.PIXEL_STATS["cifar10"]
+    return tuple(float(v) for v in cfg["pixel_mean"]), tuple(float(v) for v in cfg["pixel_std"])
 
 
 def load_encoder(directory, dtype="float32"):
     """Loads an exported encoder: returns `(encode, variables)`, `encode(variables, images) -> features`.
 
-    `images` are float images normalised as in training (`ssl_jax.augment.normalize` of values in [0, 1]). Files
-    written before ViTs, with only name, width and stem, still load: missing settings take their defaults.
+    `images` are float images normalised as in training: `ssl_jax.augment.normalize(x, encoder_pixel_stats(
+    directory))` of values x in [0, 1]. Files written before ViTs, with only name, width and stem, still load:
+    missing settings take their defaults.
     """
     from ssl_jax import models  # models import flax.linen; kept local so checkpoint I/O stays light
 

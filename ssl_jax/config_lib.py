@@ -166,7 +166,10 @@ def base_config():
         b1=0.9, b2=0.999,            # AdamW only
     ))
 
-    config.ema = ml_collections.ConfigDict(dict(base_decay=0.99))  # BYOL's tau_base for small data
+    config.ema = ml_collections.ConfigDict(dict(
+        base_decay=0.99,             # BYOL's tau_base for small data
+        final_decay=1.0,             # the cosine's end (BYOL, DINO, MoCo v3: 1.0)
+    ))
 
     config.probe = ml_collections.ConfigDict(dict(learning_rate=1e-3))  # online linear probe, Adam
 

@@ -204,7 +204,7 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, num_c
 # ----------------------------------------------------------------------------------------
 
 def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, linear: bool = True,
-                      backbone=None, mesh=None, log_fn=None) -> dict:
+                      backbone=None, mesh=None, log_fn=None, pixel_stats=None) -> dict:
     """kNN (and linear) accuracy of the features ``encode_fn`` gives ``dataset`` (``.train``/``.test`` splits of
     uint8 images and labels, ``.num_classes``), with ``eval_config``'s settings (``config.eval``): the kNN preset
     and overrides (`knn_settings`), the linear protocol (`linear_protocol`) and its settings, and
@@ -212,7 +212,8 @@ def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, 
     ``knn_k``, ``knn_temperature`` and, with ``linear``, ``linear_protocol``.
 
     The 'sgd_augmented' protocol trains on augmented images, so it needs the backbone itself: ``backbone`` is
-    ``(features_fn, variables)`` as `linear_sgd.sgd_linear_eval` takes them, ``mesh`` its devices."""
+    ``(features_fn, variables)`` as `linear_sgd.sgd_linear_eval` takes them, ``mesh`` its devices, ``pixel_stats``
+    the (mean, std) its inputs are normalised with (`augment.pixel_stats`; default CIFAR-10's)."""
     import time
 
     knn_k, knn_temperature = knn_settings(eval_config)
@@ -241,7 +242,8 @@ def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, 
         features_fn, variables = backbone
         results.update(linear_sgd.sgd_linear_eval(
             features_fn, variables, train_images, train_labels, dataset.test.images, dataset.test.labels,
-            dataset.num_classes, eval_config.sgd_linear, seed=seed, mesh=mesh, log_fn=log_fn))
+            dataset.num_classes, eval_config.sgd_linear, seed=seed, mesh=mesh, log_fn=log_fn,
+            **({} if pixel_stats is None else {"pixel_stats": pixel_stats})))
     if linear:
         results["linear_protocol"] = protocol
     results["eval_seconds"] = time.perf_counter() - start
@@ -349,17 +351,18 @@ def main(argv):
     except data.DataError as e:
         sys.exit(f"error: {e}")
     apply, variables = checkpoint.load_encoder(encoder_dir)
+    pixel_stats = checkpoint.encoder_pixel_stats(encoder_dir)  # what its training normalised with
 
     @jax.jit
     def encode_images(variables, images):  # the weights an argument, not constants compiled into the program
-        return apply(variables, augment.normalize(images.astype(jnp.float32) / 255.0))
+        return apply(variables, augment.normalize(images.astype(jnp.float32) / 255.0, pixel_stats))
 
     encode = functools.partial(encode_images, variables)
     from ssl_jax import sharding
 
     mesh = sharding.make_mesh(config.get("num_devices", 0)) if linear_protocol(eval_config) == "sgd_augmented" else None
     results = evaluate_backbone(encode, dataset, eval_config, seed=config.seed, backbone=(apply, variables),
-                                mesh=mesh, log_fn=print)
+                                mesh=mesh, log_fn=print, pixel_stats=pixel_stats)
     results.update(encoder=os.path.abspath(encoder_dir), data=dataset.source)
     output = FLAGS.output or os.path.join(FLAGS.workdir or encoder_dir, run_files.FROZEN_EVAL_FILE)
     with open(output, "w") as f:

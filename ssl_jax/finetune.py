@@ -154,15 +154,17 @@ def classifier_logits(backbone, params, batch_stats, images, train: bool):
     return logits + params["head"]["bias"], batch_stats
 
 
-def make_train_step(backbone, tx, view: augment.ViewConfig, label_smoothing: float):
+def make_train_step(backbone, tx, view: augment.ViewConfig, label_smoothing: float,
+                    pixel_stats=augment.PIXEL_STATS["cifar10"]):
     """The jitted step: (state, uint8 images, labels, example indices, step key) -> (state, loss). State is a dict
-    of params, batch_stats and opt_state; example i's crop and flip come from fold_in(step key, index i)."""
+    of params, batch_stats and opt_state; example i's crop and flip come from fold_in(step key, index i); the
+    images are normalised with `pixel_stats` (mean, std), the encoder's own (`checkpoint.encoder_pixel_stats`)."""
 
     @jax.jit
     def step(state, images, labels, indices, step_key):
         step.traces += 1
         views = augment.augment_batch(augment.example_keys(step_key, indices, 0), images, view)
-        views = augment.normalize(views)
+        views = augment.normalize(views, pixel_stats)
 
         def loss_fn(params):
             logits, stats = classifier_logits(backbone, params, state["batch_stats"], views, train=True)
@@ -177,13 +179,13 @@ def make_train_step(backbone, tx, view: augment.ViewConfig, label_smoothing: flo
     return step
 
 
-def make_predict_fn(backbone):
+def make_predict_fn(backbone, pixel_stats=augment.PIXEL_STATS["cifar10"]):
     """(params, batch_stats, uint8 images) -> logits in inference mode, jitted with the weights as arguments."""
 
     @jax.jit
     def predict(params, batch_stats, images):
-        return classifier_logits(backbone, params, batch_stats, augment.normalize(augment.to_float(images)),
-                                 train=False)[0]
+        x = augment.normalize(augment.to_float(images), pixel_stats)
+        return classifier_logits(backbone, params, batch_stats, x, train=False)[0]
 
     return predict
 
@@ -258,10 +260,12 @@ def accuracy_on(predict_fn, params, batch_stats, split, batch_size: int) -> dict
 
 
 def finetune_and_baseline(backbone, pretrained: dict, dataset, ft_config, seed: int = 0, eval_batch_size: int = 1000,
-                          log_fn: Callable[[str], None] | None = None) -> dict:
+                          log_fn: Callable[[str], None] | None = None,
+                          pixel_stats=augment.PIXEL_STATS["cifar10"]) -> dict:
     """Fine-tunes `pretrained` (the exported encoder's variables) and the same backbone at random initialisation
     with the same budget (steps, batches, augmentation, head initialisation and optimizer), then classifies the
-    test split with each. Returns the figures and settings that finetune.json holds."""
+    test split with each, the images normalised with `pixel_stats` (the encoder's). Returns the figures and
+    settings that finetune.json holds."""
     images, labels = train_subset(dataset.train, int(ft_config.max_train_examples), seed)
     epochs = int(ft_config.epochs)
     batch, _, total = schedule_steps(len(labels), int(ft_config.batch_size), epochs)
@@ -276,8 +280,9 @@ def finetune_and_baseline(backbone, pretrained: dict, dataset, ft_config, seed: 
         else ft_config
     ft_config.batch_size = batch  # the lr rule sees the batch actually used
     tx, _, peak_lr = make_optimizer(ft_config, {"backbone": pretrained["params"], "head": head}, total)
-    step_fn = make_train_step(backbone, tx, crop_flip_view(ft_config, image_shape[0]), ft_config.label_smoothing)
-    predict_fn = make_predict_fn(backbone)
+    step_fn = make_train_step(backbone, tx, crop_flip_view(ft_config, image_shape[0]), ft_config.label_smoothing,
+                              pixel_stats)
+    predict_fn = make_predict_fn(backbone, pixel_stats)
     results = {}
     for name, variables in (("pretrained", pretrained), ("random_init", baseline)):
         params, stats, info = fine_tune(step_fn, variables, head, tx.init, images, labels, epochs=epochs,
@@ -357,6 +362,7 @@ def main(argv):
     from absl import flags
     from absl import logging
 
+    from ssl_jax import checkpoint
     from ssl_jax import config_lib
     from ssl_jax import cpu_tuning
     from ssl_jax import data
@@ -387,7 +393,8 @@ def main(argv):
     backbone, variables = load_backbone(encoder_dir)
     log = (lambda message: print(message, flush=True)) if FLAGS.log_epochs else None
     results = finetune_and_baseline(backbone, variables, dataset, ft_config, seed=int(config.get("seed", 0)),
-                                    eval_batch_size=int(config.eval.get("batch_size", 1000)), log_fn=log)
+                                    eval_batch_size=int(config.eval.get("batch_size", 1000)), log_fn=log,
+                                    pixel_stats=checkpoint.encoder_pixel_stats(encoder_dir))
     results.update(encoder=os.path.abspath(encoder_dir), data=dataset.source, model=config.model.name)
     output = FLAGS.output or os.path.join(FLAGS.workdir, FINETUNE_FILE)
     with open(output, "w") as f:

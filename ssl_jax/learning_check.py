@@ -167,7 +167,7 @@ def make_collapse_probe(exp, num_images=512):
 
     @jax.jit
     def probe(params, batch_stats):
-        x = augment.normalize(jnp.asarray(images, jnp.float32) / 255.0)
+        x = augment.normalize(jnp.asarray(images, jnp.float32) / 255.0, exp.pixel_stats)
         out = exp.net.apply({"params": params, "batch_stats": batch_stats}, x, train=False, use_predictor=False)
         # MAE's network has no projector: its features stand in for the projection
         return collapse.normalized_std(out.get("projection", out["features"])), out["features"]

@@ -93,16 +93,17 @@ def _init_params(key, dim, num_classes):
             "b": jax.random.uniform(kb, (num_classes,), jnp.float32, -bound, bound)}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _features(features_fn, variables, images):
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _features(features_fn, variables, images, pixel_stats):
     """Features of uint8 images, un-augmented (the test split, and the feature size)."""
-    x = augment.normalize(images.astype(jnp.float32) / 255.0)
+    x = augment.normalize(images.astype(jnp.float32) / 255.0, pixel_stats)
     return jax.lax.stop_gradient(features_fn(variables, x)).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("features_fn", "mesh", "steps_per_epoch", "batch_size", "view"))
+@functools.partial(jax.jit, static_argnames=("features_fn", "mesh", "steps_per_epoch", "batch_size", "view",
+                                                 "pixel_stats"))
 def _train_epochs(variables, params, opt_state, images, labels, key, epoch_start, epoch_end, lrs, momentum,
-                  weight_decay, *, features_fn, mesh, steps_per_epoch, batch_size, view):
+                  weight_decay, *, features_fn, mesh, steps_per_epoch, batch_size, view, pixel_stats):
     """Epochs [epoch_start, epoch_end) of SGD on the linear layer; `lrs[e]` is epoch e's learning rate. Each epoch
     is a permutation of the train split (from fold_in(key, epoch)) cut into `steps_per_epoch` global batches (the
     remainder, under one batch, dropped); device d takes rows [d * b, (d + 1) * b) of each global batch."""
@@ -128,7 +129,7 @@ def _train_epochs(variables, params, opt_state, images, labels, key, epoch_start
                 positions = device * local + jnp.arange(local)           # indices in the global batch
                 idx = batches[i][positions]
                 keys = augment.example_keys(jax.random.fold_in(aug_key, global_step), positions, 0)
-                x = augment.normalize(augment.augment_batch(keys, images[idx], view))
+                x = augment.normalize(augment.augment_batch(keys, images[idx], view), pixel_stats)
                 feats = jax.lax.stop_gradient(features_fn(variables, x)).astype(jnp.float32)
                 grads = jax.grad(loss_fn)(p, feats, labels[idx])
                 grads = jax.lax.pmean(grads, sharding.AXIS)
@@ -152,7 +153,7 @@ def _test_metrics(params, feats, labels, k):
     return jnp.mean(hit[:, 0].astype(jnp.float32)), jnp.mean(jnp.any(hit, axis=-1).astype(jnp.float32))
 
 
-def _test_features(features_fn, variables, images, batch_size=500):
+def _test_features(features_fn, variables, images, pixel_stats, batch_size=500):
     """Un-augmented features of `images` in padded batches of one shape (one compilation)."""
     out = []
     for start in range(0, len(images), batch_size):
@@ -160,14 +161,14 @@ def _test_features(features_fn, variables, images, batch_size=500):
         valid = len(batch)
         if valid < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - valid,) + batch.shape[1:], batch.dtype)])
-        out.append((_features(features_fn, variables, batch), valid))
+        out.append((_features(features_fn, variables, batch, pixel_stats), valid))
     return jnp.concatenate([f[:v] for f, v in out], axis=0)
 
 
 def sgd_linear_eval(features_fn: Callable, variables, train_images, train_labels, test_images, test_labels,
                     num_classes: int, settings, *, seed: int = 0, mesh=None,
                     log_fn: Optional[Callable[[str], None]] = None, log_every: int = 10,
-                    return_params: bool = False):
+                    return_params: bool = False, pixel_stats=augment.PIXEL_STATS["cifar10"]):
     """Trains a linear layer on the frozen backbone by solo-learn's protocol (module docstring) and returns
     ``{'linear_top1', 'linear_top5'}`` on the test split (fractions; top-5 uses min(5, num_classes)).
 
@@ -178,7 +179,8 @@ def sgd_linear_eval(features_fn: Callable, variables, train_images, train_labels
     ``config.eval.sgd_linear`` (epochs, batch_size, learning_rate, momentum, weight_decay, schedule,
     lr_decay_epochs, lr_decay_factor). ``mesh``: a one-axis mesh over 'batch' (`sharding.make_mesh`); default all
     devices. The batch must split evenly over the mesh's devices. With ``return_params`` returns (results, the
-    trained layer {'w': [D, C], 'b': [C]} as numpy).
+    trained layer {'w': [D, C], 'b': [C]} as numpy). ``pixel_stats``: the (mean, std) the images are normalised
+    with (the data set's, as in training: `augment.pixel_stats`).
     """
     mesh = mesh if mesh is not None else sharding.make_mesh(0)
     num_devices = mesh.devices.size
@@ -204,7 +206,7 @@ def sgd_linear_eval(features_fn: Callable, variables, train_images, train_labels
     images_d = jax.device_put(train_images, replicated)
     labels_d = jax.device_put(train_labels, replicated)
     init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
-    test_feats = _test_features(features_fn, variables, np.asarray(test_images))
+    test_feats = _test_features(features_fn, variables, np.asarray(test_images), pixel_stats)
     params = _init_params(init_key, test_feats.shape[1], num_classes)
     tx = _make_tx(float(settings["momentum"]), float(settings["weight_decay"]))
     params, opt_state = jax.device_put((params, tx.init(params)), replicated)
@@ -214,7 +216,8 @@ def sgd_linear_eval(features_fn: Callable, variables, train_images, train_labels
         end = min(epochs, start + chunk)
         params, opt_state = _train_epochs(
             variables, params, opt_state, images_d, labels_d, train_key, np.int32(start), np.int32(end), *hparams,
-            features_fn=features_fn, mesh=mesh, steps_per_epoch=steps_per_epoch, batch_size=batch_size, view=view)
+            features_fn=features_fn, mesh=mesh, steps_per_epoch=steps_per_epoch, batch_size=batch_size, view=view,
+            pixel_stats=pixel_stats)
         if log_fn is not None:
             top1, _ = _test_metrics(params, test_feats, jnp.asarray(test_labels), k=1)
             log_fn(f"sgd_linear epoch {end}/{epochs}: lr {lrs[end - 1]:.4g}, test top1 {float(top1):.4f}")

@@ -65,6 +65,7 @@ class Experiment:
     probe_tx: optax.GradientTransformation
     steps_per_epoch: int
     total_steps: int
+    pixel_stats: tuple = augment.PIXEL_STATS["cifar10"]  # the data set's (mean, std): augment.normalize's
 
 
 def check_method_config(config, method):
@@ -84,6 +85,17 @@ def check_method_config(config, method):
                          f"{model.projection_dim}, but {config.method}'s predictor predicts the other view's "
                          f"projection; set both to the same size (e.g. --config.model.predictor_dim="
                          f"{model.projection_dim}).")
+    if method.ema_target:
+        check_ema_config(config.ema)
+
+
+def check_ema_config(ema):
+    """An EMA decay schedule that rises within [0, 1]: 0 <= base_decay <= final_decay <= 1."""
+    final = ema.get("final_decay", 1.0)
+    if not 0.0 <= ema.base_decay <= final <= 1.0:
+        raise ValueError(f"config.ema.base_decay={ema.base_decay}, config.ema.final_decay={final}: the target's EMA "
+                         "decay rises by a cosine from base_decay to final_decay, both in [0, 1] and base_decay <= "
+                         "final_decay (e.g. 0.99 and 1.0).")
 
 
 def check_crops(config, method):
@@ -104,6 +116,7 @@ def check_crops(config, method):
 def build_experiment(config, dataset=None):
     """Builds data, mesh, network, method and optimizers from the config; fails fast on a bad setting."""
     method = methods.get_method(config.method)
+    pixel_stats = augment.pixel_stats(config.data.name)
     check_method_config(config, method)
     check_crops(config, method)
     evaluate.knn_settings(config.eval)      # a bad kNN preset or linear protocol fails now, not after training
@@ -124,7 +137,7 @@ def build_experiment(config, dataset=None):
     return Experiment(config=config, dataset=dataset, dp=dp, net=net, method=method, tx=tx, schedule=schedule,
                       probe=train_step.LinearProbe(dataset.num_classes),
                       probe_tx=optax.adam(config.probe.learning_rate),
-                      steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+                      steps_per_epoch=steps_per_epoch, total_steps=total_steps, pixel_stats=pixel_stats)
 
 
 def initial_state(exp):
@@ -153,8 +166,9 @@ def make_step_fn(exp, ready_views=False):
     per_device_step = train_step.make_per_device_step(
         net=exp.net, probe=exp.probe, method=exp.method, tx=exp.tx, probe_tx=exp.probe_tx, schedule=exp.schedule,
         crop_groups=None if ready_views else crop_groups(config), loss_kwargs=dict(config.loss),
-        ema_base_decay=config.ema.base_decay, total_steps=exp.total_steps, steps_per_epoch=exp.steps_per_epoch,
-        joint_batch_norm=config.model.get("joint_batch_norm", False))
+        ema_base_decay=config.ema.base_decay, ema_final_decay=config.ema.get("final_decay", 1.0),
+        total_steps=exp.total_steps, steps_per_epoch=exp.steps_per_epoch,
+        joint_batch_norm=config.model.get("joint_batch_norm", False), pixel_stats=exp.pixel_stats)
     return exp.dp.map_step(per_device_step)
 
 
@@ -165,17 +179,18 @@ def host_batches(exp, start_step, end_step=None):
                                  jax.process_index(), jax.process_count())
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def encode_images(net, variables, images):
-    """uint8 images -> `net`'s backbone features in eval mode. The variables are an argument, not constants baked
-    into the program: every evaluation of a network of the same shapes reuses one compilation."""
-    x = augment.normalize(images.astype(jnp.float32) / 255.0)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def encode_images(net, variables, images, pixel_stats=augment.PIXEL_STATS["cifar10"]):
+    """uint8 images -> `net`'s backbone features in eval mode, the images normalised with the data set's
+    `pixel_stats`. The variables are an argument, not constants baked into the program: every evaluation of a
+    network of the same shapes reuses one compilation."""
+    x = augment.normalize(images.astype(jnp.float32) / 255.0, pixel_stats)
     return net.apply(variables, x, train=False, use_predictor=False)["features"]
 
 
-def make_encode_fn(net, params, batch_stats):
+def make_encode_fn(net, params, batch_stats, pixel_stats=augment.PIXEL_STATS["cifar10"]):
     """uint8 images -> backbone features of these parameters (`encode_images`, compiled once per network)."""
-    return functools.partial(encode_images, net, {"params": params, "batch_stats": batch_stats})
+    return lambda images: encode_images(net, {"params": params, "batch_stats": batch_stats}, images, pixel_stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,10 +207,11 @@ def evaluate_state(exp, state, linear=True):
     """kNN (and optionally linear) evaluation of the state's backbone on frozen features (the linear protocol
     config.eval.linear_protocol names)."""
     host_state = sharding.local_copy(exp.dp.get_state(state))
-    encode = make_encode_fn(exp.net, host_state.params, host_state.batch_stats)
+    encode = make_encode_fn(exp.net, host_state.params, host_state.batch_stats, exp.pixel_stats)
     variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
     return evaluate.evaluate_backbone(encode, exp.dataset, exp.config.eval, exp.config.seed, linear=linear,
-                                      backbone=(BackboneFeatures(exp.net), variables), mesh=exp.dp.mesh, log_fn=log)
+                                      backbone=(BackboneFeatures(exp.net), variables), mesh=exp.dp.mesh, log_fn=log,
+                                      pixel_stats=exp.pixel_stats)
 
 
 def evaluate_random_init(exp, linear=True):
@@ -442,7 +458,7 @@ def train_and_evaluate(config, workdir, dataset=None):
     state = train(exp, workdir)
     host_state = sharding.local_copy(exp.dp.get_state(state))
     checkpoint.export_encoder(os.path.join(workdir, run_files.ENCODER_DIR), host_state.params, host_state.batch_stats,
-                              config.model)
+                              config.model, pixel_stats=exp.pixel_stats)
     log("Evaluating the frozen backbone (kNN and linear)...")
     results = evaluate_state(exp, state)
     if config.eval.random_init:

@@ -39,10 +39,11 @@ class TrainState:
     rng: jax.Array               # base key (raw uint32); each step folds in its step number
 
 
-def ema_decay_schedule(base_decay, step, total_steps):
-    """BYOL's cosine schedule: tau_k = 1 - (1 - tau_base) * (cos(pi k / K) + 1) / 2."""
+def ema_decay_schedule(base_decay, step, total_steps, final_decay=1.0):
+    """BYOL's cosine schedule, tau_k = 1 - (1 - tau_base) * (cos(pi k / K) + 1) / 2, from tau_base at step 0 to
+    `final_decay` at step K (BYOL, DINO, MoCo v3: 1.0; solo-learn's MoCo v2+ recipe: final_tau 0.999)."""
     progress = jnp.minimum(step / jnp.maximum(total_steps, 1), 1.0)
-    return 1.0 - (1.0 - base_decay) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+    return final_decay - (final_decay - base_decay) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
 
 
 def ema_update(target, online, decay):
@@ -147,12 +148,13 @@ def step_key(state):
 LOSS_KEY_ID = 1 << 20  # the loss's key: the step key folded with an id no crop uses (crops are 0, 1, 2, ...)
 
 
-def augmented_crops(key, batch, groups):
-    """Every crop of the uint8 batch['image'], normalised, as one tuple (crop 0, crop 1, then the local crops),
-    each example's randomness from `key`, the crop's number and its global batch['global_index'] (so the crops
-    do not depend on how the batch is split over devices: `augment.multi_crop`)."""
+def augmented_crops(key, batch, groups, pixel_stats=augment.PIXEL_STATS["cifar10"]):
+    """Every crop of the uint8 batch['image'], normalised with the data set's `pixel_stats` (mean, std), as one
+    tuple (crop 0, crop 1, then the local crops), each example's randomness from `key`, the crop's number and its
+    global batch['global_index'] (so the crops do not depend on how the batch is split over devices:
+    `augment.multi_crop`)."""
     per_group = augment.multi_crop(key, batch["image"], batch["global_index"], groups)
-    return tuple(augment.normalize(crops[i]) for crops in per_group for i in range(crops.shape[0]))
+    return tuple(augment.normalize(crops[i], pixel_stats) for crops in per_group for i in range(crops.shape[0]))
 
 
 def _local_state(method, state):
@@ -175,7 +177,8 @@ def _probe_inputs(student, batch):
 
 
 def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, crop_groups, loss_kwargs,
-                         ema_base_decay, total_steps, steps_per_epoch, joint_batch_norm=False, axis_name=AXIS):
+                         ema_base_decay, total_steps, steps_per_epoch, joint_batch_norm=False, axis_name=AXIS,
+                         ema_final_decay=1.0, pixel_stats=augment.PIXEL_STATS["cifar10"]):
     """Builds `per_device_step(state, batch)`; `batch` holds uint8 'image', int 'label' and 'global_index' (each
     example's position in the global batch). `crop_groups`: `augment.CropGroup`s, the two global views first.
 
@@ -185,7 +188,7 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, crop_gro
 
     def per_device_step(state, batch):
         key = step_key(state)
-        crops = tuple(batch["views"]) if crop_groups is None else augmented_crops(key, batch, crop_groups)
+        crops = tuple(batch["views"]) if crop_groups is None else augmented_crops(key, batch, crop_groups, pixel_stats)
         student_crops, teacher_crops = method.crops_seen(len(crops))
 
         teacher, target_batch_stats = None, state.target_batch_stats
@@ -216,7 +219,7 @@ def make_per_device_step(*, net, probe, method, tx, probe_tx, schedule, crop_gro
         updates = _zero_leaves(updates, frozen)
         params = optax.apply_updates(state.params, updates)
 
-        decay = ema_decay_schedule(ema_base_decay, state.step, total_steps)
+        decay = ema_decay_schedule(ema_base_decay, state.step, total_steps, ema_final_decay)
         target_params = ema_update(state.target_params, params, decay) if method.ema_target else {}
 
         (probe_loss, probe_acc), probe_grads = jax.value_and_grad(_probe_loss, argnums=1, has_aux=True)(

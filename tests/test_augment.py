@@ -1,6 +1,7 @@
 """Tests for ssl_jax.augment: each op against small NumPy references, plus pipeline properties."""
 import colorsys
 import dataclasses
+import os
 
 import chex
 import jax
@@ -58,6 +59,33 @@ def test_normalize():
     x = _floats((2, 4, 4, 3))
     want = (x - np.array(A.CIFAR_MEAN, np.float32)) / np.array(A.CIFAR_STD, np.float32)
     np.testing.assert_allclose(A.normalize(jnp.asarray(x)), want, rtol=1e-6, atol=1e-6)
+
+
+def test_normalize_with_a_data_sets_own_statistics():
+    x = _floats((2, 4, 4, 3))
+    mean, std = A.pixel_stats("cifar100")
+    assert mean != A.CIFAR_MEAN and std != A.CIFAR_STD
+    want = (x - np.array(mean, np.float32)) / np.array(std, np.float32)
+    np.testing.assert_allclose(A.normalize(jnp.asarray(x), (mean, std)), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"config.data.name='svhn' has no pixel statistics.*cifar10, cifar100"):
+        A.pixel_stats("svhn")
+
+
+SHARED_CIFAR10 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                              "cifar10-jpeg.tar.gz")
+
+
+@pytest.mark.skipif(not os.path.exists(SHARED_CIFAR10), reason="the shared CIFAR-10 copy is not here")
+def test_cifar10_statistics_are_those_of_its_training_split():
+    """CIFAR-10's constants against the training split itself (the shared JPEG copy: its mean agrees to 2e-4; JPEG
+    compression smooths the images, so its std is up to 1.8e-3 below the originals')."""
+    from ssl_jax import data
+
+    images = data.load_dataset("cifar10", path=SHARED_CIFAR10).train.images
+    x = images.reshape(-1, 3).astype(np.float64) / 255.0
+    mean, std = A.pixel_stats("cifar10")
+    np.testing.assert_allclose(x.mean(0), mean, atol=1e-3)
+    np.testing.assert_allclose(x.std(0), std, atol=3e-3)
 
 
 # ----------------------------------------------------------------------------- crop

@@ -77,6 +77,27 @@ def test_a_resnet_encoder_config_keeps_its_three_keys_and_such_files_still_load(
     np.testing.assert_array_equal(encode(loaded, x), net.apply(variables, x, train=False)["features"])
 
 
+def test_an_encoder_records_the_pixel_statistics_it_was_trained_with(tmp_path):
+    """export_encoder writes the data set's mean and std beside the backbone's settings; encoder_pixel_stats reads
+    them back, and gives CIFAR-10's for an encoder written before they were recorded."""
+    from ssl_jax import augment
+    from ssl_jax import models
+
+    model_config = {"name": "resnet18", "width": 4, "stem": "cifar", "projector_hidden": (8,), "projection_dim": 4}
+    net = models.make_ssl_net(model_config, jnp.float32, None)
+    variables = jax.jit(lambda: net.init(jax.random.key(0, impl="rbg"), jnp.zeros((2, 8, 8, 3)), train=False))()
+    stats = augment.pixel_stats("cifar100")
+    checkpoint.export_encoder(str(tmp_path / "new"), variables["params"], variables["batch_stats"], model_config,
+                              pixel_stats=stats)
+    assert checkpoint.encoder_pixel_stats(str(tmp_path / "new")) == stats
+    with open(tmp_path / "new" / checkpoint.ENCODER_CONFIG_FILE) as f:
+        assert json.load(f) == {"name": "resnet18", "width": 4, "stem": "cifar", "pixel_mean": list(stats[0]),
+                                "pixel_std": list(stats[1])}
+    checkpoint.load_encoder(str(tmp_path / "new"))  # the extra keys do not disturb the backbone's settings
+    checkpoint.export_encoder(str(tmp_path / "old"), variables["params"], variables["batch_stats"], model_config)
+    assert checkpoint.encoder_pixel_stats(str(tmp_path / "old")) == augment.PIXEL_STATS["cifar10"]
+
+
 def test_a_checkpoint_of_another_shape_is_refused_naming_the_leaf(tmp_path):
     checkpointer = checkpoint.Checkpointer(str(tmp_path), save_every_steps=1)
     checkpointer.save(1, _state())

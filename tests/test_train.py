@@ -11,7 +11,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import helpers
+from ssl_jax import augment
 from ssl_jax import checkpoint
+from ssl_jax import config_files
 from ssl_jax import sharding
 from ssl_jax import train
 from ssl_jax import train_step
@@ -65,6 +67,7 @@ def test_simclr_trains_on_an_image_folder(tmp_path):
     _assert_trained_checkpoint(config, workdir)
     assert os.path.exists(os.path.join(workdir, "loss.png"))
     encode, variables = checkpoint.load_encoder(os.path.join(workdir, "encoder"))
+    assert checkpoint.encoder_pixel_stats(os.path.join(workdir, "encoder")) == augment.PIXEL_STATS["cifar10"]
     features = encode(variables, np.zeros((2, 32, 32, 3), np.float32))
     assert features.shape == (2, 8 * config.model.width)
 
@@ -123,7 +126,7 @@ def test_evaluations_of_two_states_compile_the_encoder_once(monkeypatch):
     second = dataclasses.replace(first, params=jax.tree.map(lambda x: -2 * x, first.params))
     traces = []
     normalize = train.augment.normalize
-    monkeypatch.setattr(train.augment, "normalize", lambda x: traces.append(1) or normalize(x))
+    monkeypatch.setattr(train.augment, "normalize", lambda x, stats: traces.append(1) or normalize(x, stats))
     train.encode_images.clear_cache()
     for state in (first, second):
         train.evaluate_state(exp, exp.dp.put_state(state), linear=False)
@@ -137,6 +140,25 @@ def test_ema_schedule_end_points():
     assert float(train_step.ema_decay_schedule(0.99, 0, 100)) == pytest.approx(0.99)
     assert float(train_step.ema_decay_schedule(0.99, 100, 100)) == pytest.approx(1.0)
     assert float(train_step.ema_decay_schedule(0.99, 50, 100)) == pytest.approx(0.995)
+
+
+def test_ema_schedule_to_a_final_decay_against_numpy():
+    """solo-learn's MoCo v2+ recipe: tau from 0.99 to final_tau 0.999 by a cosine (its `cosine_scheduler`
+    tau = final - (final - base) * (cos(pi k / K) + 1) / 2); past K it stays at the final value."""
+    total = 120
+    for step in (0, 30, 60, 90, 120, 150):
+        want = 0.999 - (0.999 - 0.99) * (np.cos(np.pi * min(step / total, 1.0)) + 1) / 2
+        got = float(train_step.ema_decay_schedule(0.99, step, total, final_decay=0.999))
+        assert got == pytest.approx(want, abs=1e-7), step
+    assert config_files.load_config("mocov2plus_cifar").ema.final_decay == 0.999
+    assert config_files.load_config("byol_cifar").ema.final_decay == 1.0
+
+
+@pytest.mark.parametrize("base, final", [(0.999, 0.99), (0.99, 1.5), (-0.1, 1.0)])
+def test_an_ema_schedule_that_does_not_rise_in_0_1_fails_with_a_clear_message(base, final):
+    config = helpers.tiny_config("byol_cifar", **{"ema.base_decay": base, "ema.final_decay": final})
+    with pytest.raises(ValueError, match=rf"config.ema.base_decay={base}, config.ema.final_decay={final}"):
+        train.build_experiment(config, helpers.synthetic_dataset())
 
 
 def test_ema_update_against_numpy():
@@ -262,6 +284,23 @@ def test_command_line_reports_missing_data_clearly(tmp_path):
                    f"--config.data.path={tmp_path / 'nothing_here.tar.gz'}", "--config.xla_cpu_flags=none")
     assert result.returncode == 2
     assert "nothing_here.tar.gz" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_data_set_is_normalised_with_its_own_statistics(tmp_path):
+    """config.data.name picks the statistics the step, the evaluation and the exported encoder use: the same
+    images under CIFAR-100's give another first loss than under CIFAR-10's; a name without statistics fails at
+    start."""
+    dataset = helpers.synthetic_dataset(num_train=32, num_test=8)
+    first_losses = {}
+    for name in ("cifar10", "cifar100"):
+        exp = train.build_experiment(helpers.tiny_config(steps=1, **{"data.name": name}), dataset)
+        assert exp.pixel_stats == augment.PIXEL_STATS[name]
+        state = exp.dp.put_state(train.initial_state(exp))
+        _, metrics = train.run_loop(exp, state, 0, 1, train.make_step_fn(exp))
+        first_losses[name] = float(np.asarray(metrics["loss"]).reshape(-1)[0])
+    assert first_losses["cifar10"] != first_losses["cifar100"]
+    with pytest.raises(ValueError, match=r"config.data.name='svhn' has no pixel statistics"):
+        train.build_experiment(helpers.tiny_config(**{"data.name": "svhn"}), dataset)
 
 
 def test_indivisible_batch_fails_with_a_clear_message():
