@@ -33,8 +33,9 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)  # per-pixel std over the CIFAR-10 training set
 # Each data set's per-channel pixel mean and std over its training split, for values in [0, 1]: what `normalize`
 # standardises a network's inputs with, in training and in every evaluation of its encoder (the exported encoder
-# records them). CIFAR-10: measured on the shared copy by tests/test_augment.py; CIFAR-100: the values solo-learn
-# and most CIFAR-100 code use; ImageNet: torchvision's.
+# records them). CIFAR-10: measured on the shared copy by tests/test_augment.py; CIFAR-100: the values CIFAR-100
+# code commonly normalises with (its training split's per-channel mean and std; not measured here, no copy of it
+# is at hand); ImageNet: torchvision's.
 PIXEL_STATS = {
     "cifar10": (CIFAR_MEAN, CIFAR_STD),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
