@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssl_jax import augment
 from ssl_jax import linear_probe
 
 __all__ = [
@@ -204,7 +205,7 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, num_c
 # ----------------------------------------------------------------------------------------
 
 def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, linear: bool = True,
-                      backbone=None, mesh=None, log_fn=None, pixel_stats=None) -> dict:
+                      backbone=None, mesh=None, log_fn=None, pixel_stats=augment.PIXEL_STATS["cifar10"]) -> dict:
     """kNN (and linear) accuracy of the features ``encode_fn`` gives ``dataset`` (``.train``/``.test`` splits of
     uint8 images and labels, ``.num_classes``), with ``eval_config``'s settings (``config.eval``): the kNN preset
     and overrides (`knn_settings`), the linear protocol (`linear_protocol`) and its settings, and
@@ -242,8 +243,7 @@ def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, 
         features_fn, variables = backbone
         results.update(linear_sgd.sgd_linear_eval(
             features_fn, variables, train_images, train_labels, dataset.test.images, dataset.test.labels,
-            dataset.num_classes, eval_config.sgd_linear, seed=seed, mesh=mesh, log_fn=log_fn,
-            **({} if pixel_stats is None else {"pixel_stats": pixel_stats})))
+            dataset.num_classes, eval_config.sgd_linear, seed=seed, mesh=mesh, log_fn=log_fn, pixel_stats=pixel_stats))
     if linear:
         results["linear_protocol"] = protocol
     results["eval_seconds"] = time.perf_counter() - start
@@ -355,7 +355,7 @@ def main(argv):
 
     @jax.jit
     def encode_images(variables, images):  # the weights an argument, not constants compiled into the program
-        return apply(variables, augment.normalize(images.astype(jnp.float32) / 255.0, pixel_stats))
+        return apply(variables, augment.normalize(augment.to_float(images), pixel_stats))
 
     encode = functools.partial(encode_images, variables)
     from ssl_jax import sharding

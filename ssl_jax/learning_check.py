@@ -170,7 +170,6 @@ def make_collapse_probe(exp, num_images=512):
     healthy by construction; the second sees a collapse in the backbone behind it. Computed here, outside the
     train step, so that the step (and its float rounding) stays what it is."""
     import jax
-    import jax.numpy as jnp
 
     from ssl_jax import augment
     from ssl_jax import collapse
@@ -180,7 +179,7 @@ def make_collapse_probe(exp, num_images=512):
 
     @jax.jit
     def probe(params, batch_stats):
-        x = augment.normalize(jnp.asarray(images, jnp.float32) / 255.0, exp.pixel_stats)
+        x = augment.normalize(augment.to_float(images), exp.pixel_stats)
         out = exp.net.apply({"params": params, "batch_stats": batch_stats}, x, train=False, use_predictor=False)
         # MAE's network has no projector: its features stand in for the projection
         return collapse.normalized_std(out.get("projection", out["features"])), out["features"]

@@ -96,7 +96,7 @@ def _init_params(key, dim, num_classes):
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _features(features_fn, variables, images, pixel_stats):
     """Features of uint8 images, un-augmented (the test split, and the feature size)."""
-    x = augment.normalize(images.astype(jnp.float32) / 255.0, pixel_stats)
+    x = augment.normalize(augment.to_float(images), pixel_stats)
     return jax.lax.stop_gradient(features_fn(variables, x)).astype(jnp.float32)
 
 

@@ -91,11 +91,10 @@ def check_method_config(config, method):
 
 def check_ema_config(ema):
     """An EMA decay schedule that rises within [0, 1]: 0 <= base_decay <= final_decay <= 1."""
-    final = ema.get("final_decay", 1.0)
-    if not 0.0 <= ema.base_decay <= final <= 1.0:
-        raise ValueError(f"config.ema.base_decay={ema.base_decay}, config.ema.final_decay={final}: the target's EMA "
-                         "decay rises by a cosine from base_decay to final_decay, both in [0, 1] and base_decay <= "
-                         "final_decay (e.g. 0.99 and 1.0).")
+    if not 0.0 <= ema.base_decay <= ema.final_decay <= 1.0:
+        raise ValueError(f"config.ema.base_decay={ema.base_decay}, config.ema.final_decay={ema.final_decay}: the "
+                         "target's EMA decay rises by a cosine from base_decay to final_decay, both in [0, 1] and "
+                         "base_decay <= final_decay (e.g. 0.99 and 1.0).")
 
 
 def check_crops(config, method):
@@ -166,7 +165,7 @@ def make_step_fn(exp, ready_views=False):
     per_device_step = train_step.make_per_device_step(
         net=exp.net, probe=exp.probe, method=exp.method, tx=exp.tx, probe_tx=exp.probe_tx, schedule=exp.schedule,
         crop_groups=None if ready_views else crop_groups(config), loss_kwargs=dict(config.loss),
-        ema_base_decay=config.ema.base_decay, ema_final_decay=config.ema.get("final_decay", 1.0),
+        ema_base_decay=config.ema.base_decay, ema_final_decay=config.ema.final_decay,
         total_steps=exp.total_steps, steps_per_epoch=exp.steps_per_epoch,
         joint_batch_norm=config.model.get("joint_batch_norm", False), pixel_stats=exp.pixel_stats)
     return exp.dp.map_step(per_device_step)
@@ -184,7 +183,7 @@ def encode_images(net, variables, images, pixel_stats=augment.PIXEL_STATS["cifar
     """uint8 images -> `net`'s backbone features in eval mode, the images normalised with the data set's
     `pixel_stats`. The variables are an argument, not constants baked into the program: every evaluation of a
     network of the same shapes reuses one compilation."""
-    x = augment.normalize(images.astype(jnp.float32) / 255.0, pixel_stats)
+    x = augment.normalize(augment.to_float(images), pixel_stats)
     return net.apply(variables, x, train=False, use_predictor=False)["features"]
 
 
