@@ -313,11 +313,13 @@ def solarize(x, threshold: float = 0.5):
 # ----------------------------------------------------------------------------- pipeline
 
 
-def augment_image(key, image, cfg: ViewConfig) -> jnp.ndarray:
+def augment_image(key, image, cfg: ViewConfig, cropped: bool = False) -> jnp.ndarray:
     """One view of one image: uint8 [H, W, 3] -> float32 [crop_size, crop_size, 3] in [0, 1].
 
     Order as SimCLR appendix A / BYOL table 6. All randomness is one uniform draw from `key`,
     laid out independently of cfg, so switching an op off leaves the others' randomness as is.
+    `cropped`: the image is this view's random-resized crop already, taken on the host where the JPEG was
+    decoded (`image_folder.py`); only the flip and the colour operations are applied here, with the same draws.
     """
     u = jax.random.uniform(key, (_NUM_UNIFORMS,))
     u_crop, u_gate, u_jitter, u_blur = jnp.split(u, _SPLITS)
@@ -327,18 +329,23 @@ def augment_image(key, image, cfg: ViewConfig) -> jnp.ndarray:
                                contrast=cfg.contrast, saturation=cfg.saturation, hue=cfg.hue)
     blur = functools.partial(random_gaussian_blur, u_blur[0], sigma_range=cfg.blur_sigma)
     x = to_float(image)
-    x = random_resized_crop(u_crop.reshape(2, -1), x, cfg.crop_size, cfg.crop_scale, cfg.crop_ratio)
+    if cropped:
+        if x.shape[:2] != (cfg.crop_size, cfg.crop_size):
+            raise ValueError(f"a host crop of {x.shape[0]}x{x.shape[1]} for a view of crop_size {cfg.crop_size}: "
+                             "the host's crop groups must have the views' sizes (train.host_crop_groups).")
+    else:
+        x = random_resized_crop(u_crop.reshape(2, -1), x, cfg.crop_size, cfg.crop_scale, cfg.crop_ratio)
     for flag, prob, fn in zip(gate, probs, (flip_lr, jitter, to_grayscale, blur, solarize)):
         x = apply_if(flag, prob, fn, x)
     return jnp.clip(x, 0.0, 1.0)
 
 
-def augment_batch(keys, images, cfg: ViewConfig) -> jnp.ndarray:
+def augment_batch(keys, images, cfg: ViewConfig, cropped: bool = False) -> jnp.ndarray:
     """vmap of augment_image: keys [B] (typed or raw [B, 2]), images [B, H, W, 3] -> [B, S, S, 3].
 
     cfg is static (pass it as a static argument under jit).
     """
-    return jax.vmap(augment_image, in_axes=(0, 0, None))(keys, images, cfg)
+    return jax.vmap(functools.partial(augment_image, cfg=cfg, cropped=cropped))(keys, images)
 
 
 def example_keys(step_key, global_indices, view: int):
@@ -473,5 +480,24 @@ def multi_crop(step_key, images, global_indices, groups):
             out.append(augment_batch(keys[0], images, g.view)[None])
         else:
             out.append(jax.vmap(augment_batch, in_axes=(0, None, None))(keys, images, g.view))
+        first += g.count
+    return tuple(out)
+
+
+def multi_crop_of_host_crops(step_key, host_crops, global_indices, groups):
+    """`multi_crop` for crops taken on the host (`image_folder.host_batch`): host_crops has one uint8 array
+    [B, count, size, size, 3] per group, each crop the random-resized crop of its group's view already; the flip
+    and colour operations of crop c use the key `multi_crop` gives crop c, so a crop's randomness is again the
+    step key's, the crop number's and the example's global index's alone. Returns what multi_crop returns."""
+    groups = crop_groups(groups)
+    if len(host_crops) != len(groups):
+        raise ValueError(f"{len(host_crops)} groups of host crops for {len(groups)} crop groups")
+    out, first = [], 0
+    for g, crops in zip(groups, host_crops):
+        if crops.shape[1] != g.count:
+            raise ValueError(f"host crops {tuple(crops.shape)} for a group of {g.count} crops per image")
+        keys = group_keys(step_key, jnp.asarray(global_indices), first, g.count)
+        per_crop = functools.partial(augment_batch, cfg=g.view, cropped=True)
+        out.append(jax.vmap(per_crop, in_axes=(0, 1))(keys, crops))
         first += g.count
     return tuple(out)

@@ -152,8 +152,13 @@ def augmented_crops(key, batch, groups, pixel_stats=augment.PIXEL_STATS["cifar10
     """Every crop of the uint8 batch['image'], normalised with the data set's `pixel_stats` (mean, std), as one
     tuple (crop 0, crop 1, then the local crops), each example's randomness from `key`, the crop's number and its
     global batch['global_index'] (so the crops do not depend on how the batch is split over devices:
-    `augment.multi_crop`)."""
-    per_group = augment.multi_crop(key, batch["image"], batch["global_index"], groups)
+    `augment.multi_crop`). A batch read from a streaming source brings its crops taken on the host ('crops', one
+    uint8 array [B, count, size, size, 3] per group: `image_folder.host_batch`); only the flips and colours are
+    applied here."""
+    if "crops" in batch:
+        per_group = augment.multi_crop_of_host_crops(key, batch["crops"], batch["global_index"], groups)
+    else:
+        per_group = augment.multi_crop(key, batch["image"], batch["global_index"], groups)
     return tuple(augment.normalize(crops[i], pixel_stats) for crops in per_group for i in range(crops.shape[0]))
 
 

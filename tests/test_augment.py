@@ -469,3 +469,33 @@ def test_multi_crop_jits_with_static_groups_and_checks_its_inputs():
         jitted(step_key, imgs, jnp.arange(3), groups=small)
     with pytest.raises(ValueError, match="at least one crop group"):
         jitted(step_key, imgs, idx, groups=())
+
+
+def test_host_crops_get_the_flips_and_colours_multi_crop_gives_a_full_image_crop():
+    """A crop taken on the host goes through the same flip and colour draws as multi_crop's own crop: with a view
+    whose crop is the whole (square) image, multi_crop of the images equals multi_crop_of_host_crops of the same
+    images given as each crop, for every crop number, both groups."""
+    full = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    local = dataclasses.replace(LOCAL_16, **full)
+    groups = (A.CropGroup(2, dataclasses.replace(BYOL_2, **full)), A.CropGroup(3, local))
+    imgs, idx, step_key = _images(), jnp.arange(8) + 40, jax.random.key(7)
+    small = np.asarray(jax.image.resize(jnp.asarray(imgs), (8, 16, 16, 3), "nearest"))
+    want_global = multi_crop(step_key, imgs, idx, groups=groups[:1])[0]
+    got = multi_crop_of_host(step_key, (imgs[:, None].repeat(2, 1), small[:, None].repeat(3, 1)), idx, groups=groups)
+    np.testing.assert_allclose(got[0], want_global, atol=1e-6)
+    # The local group's crops are numbered 2, 3, 4 as in multi_crop: the full-image crop of the small images.
+    want = jax.vmap(lambda c: aug_batch(A.example_keys(step_key, idx, c), small, local))(jnp.arange(2, 5))
+    np.testing.assert_allclose(got[1], want, atol=1e-6)
+    numbered_from_0 = jax.vmap(lambda c: aug_batch(A.example_keys(step_key, idx, c), small, local))(jnp.arange(3))
+    assert not np.allclose(got[1], numbered_from_0, atol=1e-3)
+
+
+def test_host_crops_of_the_wrong_size_or_count_are_refused():
+    imgs, idx = _images(), jnp.arange(8)
+    with pytest.raises(ValueError, match="crop_size 32"):
+        A.multi_crop_of_host_crops(jax.random.key(0), (imgs[:, None, :16, :16],), idx, (A.CropGroup(1),))
+    with pytest.raises(ValueError, match="group of 2 crops"):
+        A.multi_crop_of_host_crops(jax.random.key(0), (imgs[:, None],), idx, (A.CropGroup(2),))
+
+
+multi_crop_of_host = jax.jit(A.multi_crop_of_host_crops, static_argnames="groups")
