@@ -105,6 +105,6 @@ def encoded_chunks(encode_fn: Callable, batches: Iterable) -> Iterator:
         features = encode_fn(images)
         if pending is not None:
             yield np.asarray(pending[0]), pending[1]
-        pending = (features, np.asarray(labels))
+        pending = (features, labels)
     if pending is not None:
         yield np.asarray(pending[0]), pending[1]

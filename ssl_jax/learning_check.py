@@ -48,6 +48,12 @@ CHECK_MAE_DECODER = dict(decoder_dim=192, decoder_depth=CHECK_VIT_DEPTH, decoder
 # the check: 120 steps of 256 fill 30,720 rows, so NNCLR's 65,536 would be mostly its random start for the whole run
 # and its positives random vectors; 4096 (16 batches) is lightly's NNCLR memory bank on CIFAR-10.
 CHECK_QUEUE_SIZE = 4096
+# MoCo v2+'s queue of negatives in the check: 4 batches. The queue must hold keys of a slowly changing key encoder
+# (the MoCo paper, section 3.2: consistency); 32,768 keys are 128 of the recipe's 195,000 steps, but in a 120-step
+# run in which the key encoder changes fastest a queue of 16 batches holds random start vectors and stale keys,
+# easy negatives that the projections beat by crowding into a cone (seed 1: +2.0, collapsed). With 4 batches:
+# +6.3 and +5.8 at seeds 0 and 1 (docs/learning_check.md, "MoCo v2+").
+CHECK_QUEUE_SIZES = {"moco_v2_plus": 1024}
 # An EMA target's decay (config.ema.base_decay) above this is lowered to it in the check: an EMA of decay tau averages
 # about the last 1 / (1 - tau) steps, so DINO's 0.9995 (2000 steps) keeps its teacher at its random initialisation
 # through the check's 120 steps; 0.99 (100 steps) is BYOL's, MoCo v2+'s and MoCo v3's own value. DINO on an AMD EPYC
@@ -137,8 +143,8 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     """The entry's config (`method`: a key of config_files.CHECKED_CONFIGS) at the check's size: ResNet-18 of
     `width`, or for a ViT config ViT-Tiny of CHECK_VIT_DEPTH blocks (`width` unused; patch, pooling, position
     embeddings and crops as the config has them), batch 256, `steps` steps with a tenth of them warm-up, heads as
-    the config has them, a queue of at most CHECK_QUEUE_SIZE, an EMA decay of at most CHECK_MAX_EMA_DECAY,
-    MAE's decoder as CHECK_MAE_DECODER, evaluation on a 10,000-image train subset."""
+    the config has them, a queue of at most CHECK_QUEUE_SIZE (or the method's CHECK_QUEUE_SIZES), an EMA decay of
+    at most CHECK_MAX_EMA_DECAY, MAE's decoder as CHECK_MAE_DECODER, evaluation on a 10,000-image train subset."""
     config = config_files.load_config(config_files.CHECKED_CONFIGS[method])
     if config_lib.is_vit(config):
         config.model.name = "vit_tiny"
@@ -151,8 +157,9 @@ def check_config(method, steps=DEFAULT_STEPS, width=8, overrides=()):
     config.eval.max_train_examples = 10000
     config.eval.linear_epochs = 10
     config.eval.knn_k = 200
-    if config.loss.get("queue_size", 0) > CHECK_QUEUE_SIZE:
-        config.loss.queue_size = CHECK_QUEUE_SIZE
+    queue_limit = CHECK_QUEUE_SIZES.get(method, CHECK_QUEUE_SIZE)
+    if config.loss.get("queue_size", 0) > queue_limit:
+        config.loss.queue_size = queue_limit
     if config.ema.base_decay > CHECK_MAX_EMA_DECAY:
         config.ema.base_decay = CHECK_MAX_EMA_DECAY
     if "decoder_dim" in config.model:

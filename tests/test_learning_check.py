@@ -172,6 +172,11 @@ def test_a_queue_longer_than_the_checks_is_shortened():
     assert learning_check.check_config("swav").loss.queue_size == 3840
     assert "queue_size" not in learning_check.check_config("simclr").loss
     assert learning_check.check_config("nnclr", overrides=["loss.queue_size=8192"]).loss.queue_size == 8192
+    # MoCo v2+'s negatives: a queue of its own length in the check (CHECK_QUEUE_SIZES), whole batches too.
+    assert config_files.load_config("mocov2plus_cifar").loss.queue_size == 32768
+    moco = learning_check.check_config("moco_v2_plus")
+    assert moco.loss.queue_size == learning_check.CHECK_QUEUE_SIZES["moco_v2_plus"] == 1024
+    assert moco.loss.queue_size % moco.batch_size == 0
 
 
 def test_an_ema_slower_than_the_check_is_sped_up():
