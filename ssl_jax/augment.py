@@ -35,11 +35,15 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)  # per-pixel std over the CIFAR-10 training
 # standardises a network's inputs with, in training and in every evaluation of its encoder (the exported encoder
 # records them). CIFAR-10: measured on the shared copy by tests/test_augment.py; CIFAR-100: the values CIFAR-100
 # code commonly normalises with (its training split's per-channel mean and std; not measured here, no copy of it
-# is at hand); ImageNet: torchvision's.
+# is at hand); ImageNet: torchvision's, which ImageNet-100 (a subset) and any other image folder use too, as
+# solo-learn and torchvision's reference scripts do.
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 PIXEL_STATS = {
     "cifar10": (CIFAR_MEAN, CIFAR_STD),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet": IMAGENET_STATS,
+    "imagenet100": IMAGENET_STATS,
+    "image_folder": IMAGENET_STATS,
 }
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 _HIGHEST = jax.lax.Precision.HIGHEST

@@ -35,19 +35,23 @@ def batch_indices(num_examples, global_batch_size, seed, step) -> np.ndarray:
     return perm[i * global_batch_size:(i + 1) * global_batch_size].astype(np.int64)
 
 
-def host_batch(split, step, global_batch_size, seed, process_index=0, process_count=1) -> dict:
-    """This process's slice of global batch `step`: 'image', 'label', and 'global_index', each example's position
-    in the global batch (its augmentation keys derive from it, so the device count does not change them)."""
+def process_share(num_examples, global_batch_size, seed, step, process_index=0, process_count=1):
+    """This process's part of global batch `step`: the examples' indices in the split (int64 [B / n]) and their
+    positions in the global batch (int32; process i of n holds positions [i * B/n, (i+1) * B/n)), so the global
+    batch is the processes' parts in process order."""
     if global_batch_size % process_count:
         raise data.DataError(f"global_batch_size {global_batch_size} is not divisible by the {process_count} "
-                        "processes; pick a multiple of the process count")
+                             "processes; pick a multiple of the process count")
     if not 0 <= process_index < process_count:
         raise data.DataError(f"process_index {process_index} is outside 0..{process_count - 1}")
     local = global_batch_size // process_count
     start = process_index * local
-    idx = batch_indices(len(split.labels), global_batch_size, seed, step)[start:start + local]
-    return {
-        "image": split.images[idx],
-        "label": split.labels[idx],
-        "global_index": np.arange(start, start + local, dtype=np.int32),
-    }
+    indices = batch_indices(num_examples, global_batch_size, seed, step)[start:start + local]
+    return indices, np.arange(start, start + local, dtype=np.int32)
+
+
+def host_batch(split, step, global_batch_size, seed, process_index=0, process_count=1) -> dict:
+    """This process's slice of global batch `step`: 'image', 'label', and 'global_index', each example's position
+    in the global batch (its augmentation keys derive from it, so the device count does not change them)."""
+    idx, positions = process_share(len(split.labels), global_batch_size, seed, step, process_index, process_count)
+    return {"image": split.images[idx], "label": split.labels[idx], "global_index": positions}

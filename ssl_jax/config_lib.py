@@ -111,12 +111,14 @@ def base_config():
     config.num_devices = 0           # 0: all devices; n: the first n (for comparisons)
 
     config.data = ml_collections.ConfigDict(dict(
-        name="cifar10",              # 'cifar10' or 'cifar100'
+        name="cifar10",              # 'cifar10', 'cifar100' (in memory) or a folder data set streamed from
+                                     # config.data.path: 'imagenet', 'imagenet100', 'image_folder' (streaming.py)
         path="",                     # local copy: official python archive, or an image-folder tree/tarball
         cache_dir="",                # decoded uint8 cache; '' = $SSL_JAX_CACHE or ~/.cache/ssl_jax
         tfds_data_dir="",            # prepared TFDS data; '' = TFDS's default
         download=True,               # fetch the official archive when nothing else is found
         prefetch=2,                  # batches placed on the devices ahead of the step
+        workers=8,                   # folder data sets (imagenet, imagenet100, image_folder): decoding threads
     ))
 
     # Crops 0 and 1 are the two global views; local_crops adds `count` smaller crops for the methods that take
@@ -200,6 +202,8 @@ def base_config():
             lr_decay_factor=0.1,     # MultiStepLR gamma=0.1 (solo/methods/linear.py)
         )),
         max_train_examples=0,        # 0: the whole train split for kNN/linear eval
+        streaming_linear_examples=100000,  # folder data sets (streamed): the probe's features are those of at most
+                                     # this many train images (100k x 2048 float32 = 0.8 GB); kNN sees all
         batch_size=1000,             # feature-extraction batch
         random_init=True,            # also evaluate the network at random initialisation (eval.json *_random_init)
     ))

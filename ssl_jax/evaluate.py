@@ -250,6 +250,71 @@ def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, 
     return results
 
 
+def evaluate_backbone_streaming(encode_fn: Callable, dataset, eval_config, crop_size: int, seed: int = 0,
+                                linear: bool = True, mesh=None, workers: int = 8, log_fn=None) -> dict:
+    """`evaluate_backbone` for a folder data set (`streaming.FolderDataset`) too large to hold, in bounded memory:
+    every image's centre crop of `crop_size` (`streaming.eval_batches`), the test split's features held
+    ([N_test, D]), the train split's streamed past the kNN once (`knn_stream`; ``max_train_examples`` > 0: a
+    seeded random subset), and with ``linear`` the fast probe ('probe_cached') on the features of the first
+    ``streaming_linear_examples`` train images of that (random) order, kept as they stream by. The papers'
+    'sgd_augmented' protocol needs the images again every epoch and is not offered here."""
+    import time
+
+    from ssl_jax import knn_stream
+    from ssl_jax import streaming
+
+    if linear and linear_protocol(eval_config) != "probe_cached":
+        raise ValueError("config.eval.linear_protocol='sgd_augmented' is not available for a streamed folder data "
+                         "set; use 'probe_cached' (the train loop's online probe also reports linear accuracy).")
+    knn_k, knn_temperature = knn_settings(eval_config)
+    start = time.perf_counter()
+    order = np.random.default_rng(seed).permutation(len(dataset.train))
+    if eval_config.max_train_examples:
+        order = order[:eval_config.max_train_examples]
+    batch = eval_config.batch_size
+    test = [(np.asarray(f), y) for f, y in _encoded(encode_fn, streaming.eval_batches(
+        dataset.test, crop_size, batch, workers=workers), batch)]
+    test_features, test_labels = np.concatenate([f for f, _ in test]), np.concatenate([y for _, y in test])
+    kept, limit = [], eval_config.streaming_linear_examples if linear else 0
+
+    def train_chunks():
+        held = 0
+        for i, (features, labels) in enumerate(_encoded(encode_fn, streaming.eval_batches(
+                dataset.train, crop_size, batch, order, workers), batch)):
+            if held < limit:
+                kept.append((np.asarray(features[:limit - held]), labels[:limit - held]))
+                held += len(kept[-1][1])
+            if log_fn and i % 50 == 0:
+                log_fn(f"kNN: train images {i * batch} / {len(order)}")
+            yield features, labels
+
+    scores = knn_stream.knn_classify_streaming(train_chunks(), test_features, dataset.num_classes, knn_k,
+                                               knn_temperature, mesh=mesh)
+    results = {"knn_top1": topk_accuracy(scores, test_labels, 1), "knn_k": knn_k, "knn_temperature": knn_temperature}
+    if linear:
+        results.update(linear_probe.linear_eval(
+            np.concatenate([f for f, _ in kept]), np.concatenate([y for _, y in kept]), test_features, test_labels,
+            dataset.num_classes, epochs=eval_config.linear_epochs, batch_size=eval_config.linear_batch_size,
+            seed=seed), linear_protocol="probe_cached")
+    results["eval_seconds"] = time.perf_counter() - start
+    return results
+
+
+def _encoded(encode_fn, image_batches, batch_size):
+    """(features, labels) of each (images, labels) batch, every batch padded to `batch_size` for the encoder (one
+    compilation) and the padding's features dropped."""
+    from ssl_jax import knn_stream
+
+    def padded(batches):
+        for images, labels in batches:
+            pad = batch_size - len(images)
+            yield (np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]) if pad else images,
+                   (labels, len(images)))
+
+    for features, (labels, valid) in knn_stream.encoded_chunks(encode_fn, padded(image_batches)):
+        yield features[:valid], labels
+
+
 SETTING_KEYS = ("knn_k", "knn_temperature", "linear_protocol")  # the settings a result carries beside its figures
 
 

@@ -29,6 +29,7 @@ from ssl_jax import optim
 from ssl_jax import preemption
 from ssl_jax import run_files
 from ssl_jax import sharding
+from ssl_jax import streaming
 from ssl_jax import train_step
 
 
@@ -124,9 +125,7 @@ def build_experiment(config, dataset=None):
                                state_specs=train_step.state_partition(method))
     sharding.check_batch_size(config.batch_size, dp.num_devices, jax.process_count())
     if dataset is None:
-        dataset = data.load_dataset(config.data.name, path=config.data.path or None,
-                                    cache_dir=config.data.cache_dir or None,
-                                    tfds_data_dir=config.data.tfds_data_dir or None, download=config.data.download)
+        dataset = load_data(config.data)
     steps_per_epoch = batches.steps_per_epoch(len(dataset.train.labels), config.batch_size)
     total_steps = train_step.steps_for(config.num_epochs, config.num_train_steps, steps_per_epoch)
     make_net = method.network or models.make_ssl_net  # MAE builds its own (methods.Method.network)
@@ -139,13 +138,22 @@ def build_experiment(config, dataset=None):
                       steps_per_epoch=steps_per_epoch, total_steps=total_steps, pixel_stats=pixel_stats)
 
 
+def load_data(data_config):
+    """config.data's data set: a folder data set to stream (`streaming.FOLDER_DATASETS`: ImageNet-class data) or
+    a small one held in memory (CIFAR: `data.load_dataset`)."""
+    if streaming.is_streaming(data_config.name):
+        return streaming.load_folder_dataset(data_config.name, data_config.path)
+    return data.load_dataset(data_config.name, path=data_config.path or None,
+                             cache_dir=data_config.cache_dir or None,
+                             tfds_data_dir=data_config.tfds_data_dir or None, download=data_config.download)
+
+
 def initial_state(exp):
     config = exp.config
-    image_shape = exp.dataset.train.images.shape[1:3] + (3,)
     crop = config.augment.view1.crop_size
     return train_step.create_train_state(
         jax.random.key(config.seed), exp.net, exp.probe, exp.method, exp.tx, exp.probe_tx,
-        (crop, crop, image_shape[2]), num_devices=exp.dp.num_devices, loss_settings=dict(config.loss))
+        (crop, crop, 3), num_devices=exp.dp.num_devices, loss_settings=dict(config.loss))
 
 
 def crop_groups(config):
@@ -172,8 +180,15 @@ def make_step_fn(exp, ready_views=False):
 
 
 def host_batches(exp, start_step, end_step=None):
-    """This process's share of each global batch from `start_step` on; the order depends on seed and step only."""
-    for step in range(start_step, exp.total_steps if end_step is None else end_step):
+    """This process's share of each global batch from `start_step` on; the order depends on seed and step only.
+    A folder data set's batches bring their crops taken on the host (`streaming.train_batches`)."""
+    end_step = exp.total_steps if end_step is None else end_step
+    if isinstance(exp.dataset, streaming.FolderDataset):
+        yield from streaming.train_batches(exp.dataset, crop_groups(exp.config), exp.config.batch_size,
+                                           exp.config.seed, start_step, end_step, jax.process_index(),
+                                           jax.process_count(), exp.config.data.workers)
+        return
+    for step in range(start_step, end_step):
         yield batches.host_batch(exp.dataset.train, step, exp.config.batch_size, exp.config.seed,
                                  jax.process_index(), jax.process_count())
 
@@ -208,6 +223,10 @@ def evaluate_state(exp, state, linear=True):
     host_state = sharding.local_copy(exp.dp.get_state(state))
     encode = make_encode_fn(exp.net, host_state.params, host_state.batch_stats, exp.pixel_stats)
     variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
+    if isinstance(exp.dataset, streaming.FolderDataset):
+        return evaluate.evaluate_backbone_streaming(encode, exp.dataset, exp.config.eval,
+                                                    exp.config.augment.view1.crop_size, exp.config.seed, linear,
+                                                    mesh=exp.dp.mesh, workers=exp.config.data.workers, log_fn=log)
     return evaluate.evaluate_backbone(encode, exp.dataset, exp.config.eval, exp.config.seed, linear=linear,
                                       backbone=(BackboneFeatures(exp.net), variables), mesh=exp.dp.mesh, log_fn=log,
                                       pixel_stats=exp.pixel_stats)

@@ -94,3 +94,21 @@ def write_image_folder(root, dataset, name="cifar_small"):
 def synthetic_dataset(num_train=64, num_test=32, num_classes=10):
     return data.Dataset(name="cifar10", num_classes=num_classes, train=synthetic_split(num_train, num_classes, 0),
                         test=synthetic_split(num_test, num_classes, 1), source="synthetic (tests)")
+
+
+def write_jpeg_tree(root, num_classes=3, train_per_class=16, val_per_class=6, seed=0):
+    """An ImageNet-like folder root/{train,val}/nNNNNNNN/*.JPEG of JPEGs of varying sizes (40-90 x 36-70 pixels),
+    each class a colour of its own with noise, so features can tell the classes apart. Returns root."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(40, 216, (num_classes, 3))
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(num_classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                h, w = int(rng.integers(36, 71)), int(rng.integers(40, 91))
+                image = np.clip(colours[c] + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(image).save(folder / f"{split}_{c}_{i}.JPEG", quality=90)
+    return root

@@ -1,0 +1,115 @@
+"""Folder data sets streamed through the trainer (ssl_jax/streaming.py): loading and its errors, the evaluation
+crop, training end to end with crops on the host, exact resume, and the bounded-memory evaluation."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import helpers
+from ssl_jax import data
+from ssl_jax import evaluate
+from ssl_jax import sharding
+from ssl_jax import streaming
+from ssl_jax import train
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return helpers.write_jpeg_tree(tmp_path_factory.mktemp("jpegs"))
+
+
+def folder_config(tree, steps=6, **overrides):
+    """The tiny SimCLR config on the folder: 32-pixel crops taken on the host from the JPEGs."""
+    return helpers.tiny_config(steps=steps, **{"data.name": "image_folder", "data.path": str(tree),
+                                               "data.workers": 2, **overrides})
+
+
+def test_loads_the_splits_with_their_classes(tree):
+    dataset = streaming.load_folder_dataset("image_folder", str(tree))
+    assert dataset.num_classes == 3 and len(dataset.train) == 48 and len(dataset.test) == 18
+    assert dataset.train.classes == dataset.test.classes == ("n00000000", "n00000001", "n00000002")
+    np.testing.assert_array_equal(np.bincount(dataset.train.labels), [16, 16, 16])
+
+
+@pytest.mark.parametrize("name, path, message", [
+    ("image_folder", "", "pass --config.data.path"),
+    ("imagenet", None, "has 3 classes, but imagenet has 1000"),
+    ("image_folder", "train", "has no train/ folder.*its parent"),
+])
+def test_errors_say_what_to_do(tree, name, path, message):
+    path = str(tree) if path is None else (str(tree / path) if path else path)
+    with pytest.raises(data.DataError, match=message):
+        streaming.load_folder_dataset(name, path)
+
+
+def test_a_missing_test_split_is_named(tmp_path):
+    root = helpers.write_jpeg_tree(tmp_path, num_classes=2, train_per_class=2, val_per_class=1)
+    os.rename(root / "val", root / "holdout")
+    with pytest.raises(data.DataError, match="no val/ or validation/ or test/ folder"):
+        streaming.load_folder_dataset("image_folder", str(root))
+
+
+def test_train_and_test_classes_must_agree(tmp_path):
+    root = helpers.write_jpeg_tree(tmp_path, num_classes=2, train_per_class=2, val_per_class=1)
+    os.rename(root / "val" / "n00000001", root / "val" / "n00000009")
+    with pytest.raises(data.DataError, match="different classes"):
+        streaming.load_folder_dataset("image_folder", str(root))
+
+
+def test_center_crop_resizes_the_shorter_side_then_takes_the_middle(tmp_path):
+    """A 64 x 128 image whose left half is black and right half white: the shorter side goes to 32 / 0.875 = 37
+    pixels, the middle 32 x 32 of the 74 x 37 result straddles the edge at its centre column."""
+    image = np.zeros((64, 128, 3), np.uint8)
+    image[:, 64:] = 255
+    Image.fromarray(image).save(tmp_path / "half.png")
+    crop = streaming.center_crop(str(tmp_path / "half.png"), 32)
+    assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
+    assert (crop[:, :14] == 0).all() and (crop[:, 18:] == 255).all()
+
+
+def test_trains_evaluates_and_resumes_exactly_on_a_jpeg_folder(tree, tmp_path):
+    """Crops on the host, flips and colours on the device; a run stopped at step 3 and resumed ends where the
+    uninterrupted run ends (the host batches restart at the step), and the evaluation writes its figures."""
+    config = folder_config(tree, checkpoint_every_steps=3)
+    results = train.train_and_evaluate(config, str(tmp_path / "full"))
+    written = json.load(open(tmp_path / "full" / "eval.json"))
+    for key in ("knn_top1", "linear_top1", "knn_top1_random_init"):
+        assert 0.0 <= written[key] <= 1.0 and written[key] == pytest.approx(results[key])
+    assert written["linear_protocol"] == "probe_cached"
+
+    interrupted = str(tmp_path / "interrupted")
+    train.train(train.build_experiment(config), interrupted, stop_after_steps=3)
+    resumed = sharding.local_copy(train.train(train.build_experiment(config), interrupted))
+    exp = train.build_experiment(config)
+    full = sharding.local_copy(train.train(exp, str(tmp_path / "full")))  # restores the finished run
+    assert int(resumed.step) == 6
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_streaming_evaluation_equals_the_in_memory_one_on_the_same_crops(tree):
+    """kNN and the probe over the streamed folder give what evaluate_backbone gives the same centre crops held
+    in memory (an encoder of colour statistics, so the figures mean something)."""
+    dataset = streaming.load_folder_dataset("image_folder", str(tree))
+
+    def encode(images):
+        x = np.asarray(images, np.float32) / 255.0
+        return np.concatenate([x.mean((1, 2)), x.std((1, 2))], axis=1)
+
+    eval_config = folder_config(tree).eval
+    eval_config.batch_size = 10  # several chunks, the last one padded
+    eval_config.linear_epochs = 50
+    streamed = evaluate.evaluate_backbone_streaming(encode, dataset, eval_config, 32, workers=2)
+
+    def held(folder):
+        images, labels = zip(*streaming.eval_batches(folder, 32, 100, workers=1))
+        return data.Split(np.concatenate(images), np.concatenate(labels))
+
+    in_memory = data.Dataset("image_folder", 3, held(dataset.train), held(dataset.test), "test")
+    want = evaluate.evaluate_backbone(encode, in_memory, eval_config)
+    assert streamed["knn_top1"] == pytest.approx(want["knn_top1"]) and streamed["knn_top1"] > 0.9
+    # The probe sees the same features in another order (the stream's seeded permutation): the same accuracy.
+    assert streamed["linear_top1"] == pytest.approx(want["linear_top1"], abs=1 / 18)
