@@ -378,6 +378,7 @@ def main(argv):
     from ssl_jax import cpu_tuning
     from ssl_jax import data
     from ssl_jax import run_files
+    from ssl_jax import streaming
 
     FLAGS = flags.FLAGS
     if not FLAGS["verbosity"].present:
@@ -409,10 +410,13 @@ def main(argv):
     except ValueError as e:
         sys.exit(f"error: {e}")
     data_config = config.data
+    name, path = FLAGS.dataset or data_config.name, FLAGS.data or data_config.path or None
     try:
-        dataset = data.load_dataset(FLAGS.dataset or data_config.name, path=FLAGS.data or data_config.path or None,
-                                    cache_dir=data_config.cache_dir or None,
-                                    tfds_data_dir=data_config.tfds_data_dir or None, download=data_config.download)
+        if streaming.is_streaming(name):
+            dataset = streaming.load_folder_dataset(name, path)
+        else:
+            dataset = data.load_dataset(name, path=path, cache_dir=data_config.cache_dir or None,
+                                        tfds_data_dir=data_config.tfds_data_dir or None, download=data_config.download)
     except data.DataError as e:
         sys.exit(f"error: {e}")
     apply, variables = checkpoint.load_encoder(encoder_dir)
@@ -425,9 +429,14 @@ def main(argv):
     encode = functools.partial(encode_images, variables)
     from ssl_jax import sharding
 
-    mesh = sharding.make_mesh(config.get("num_devices", 0)) if linear_protocol(eval_config) == "sgd_augmented" else None
-    results = evaluate_backbone(encode, dataset, eval_config, seed=config.seed, backbone=(apply, variables),
-                                mesh=mesh, log_fn=print, pixel_stats=pixel_stats)
+    if isinstance(dataset, streaming.FolderDataset):  # streamed: kNN over the whole split, the probe on a subset
+        results = evaluate_backbone_streaming(encode, dataset, eval_config, config.augment.view1.crop_size,
+                                              config.seed, workers=data_config.get("workers", 8), log_fn=print)
+    else:
+        mesh = (sharding.make_mesh(config.get("num_devices", 0)) if linear_protocol(eval_config) == "sgd_augmented"
+                else None)
+        results = evaluate_backbone(encode, dataset, eval_config, seed=config.seed, backbone=(apply, variables),
+                                    mesh=mesh, log_fn=print, pixel_stats=pixel_stats)
     results.update(encoder=os.path.abspath(encoder_dir), data=dataset.source)
     output = FLAGS.output or os.path.join(FLAGS.workdir or encoder_dir, run_files.FROZEN_EVAL_FILE)
     with open(output, "w") as f:
@@ -441,7 +450,8 @@ def _define_flags():
     flags.DEFINE_string("workdir", None, "A finished run's workdir (its encoder/ and config.json).")
     flags.DEFINE_string("encoder", None, "An exported encoder directory (WORKDIR/encoder).")
     flags.DEFINE_string("data", None, "A local data copy; default: the run's config.data.path, else TFDS/download.")
-    flags.DEFINE_string("dataset", None, "cifar10 or cifar100; default: the run's config.data.name.")
+    flags.DEFINE_string("dataset", None, "cifar10, cifar100 or a folder data set (imagenet, imagenet100, image_folder; "
+                        "--data its folder); default: the run's config.data.name.")
     flags.DEFINE_enum("knn", None, list(KNN_PRESETS), "kNN setting by name: 'lightly' (k=200, T=0.1) or "
                       "'solo_learn' (k=20, T=0.07); default: the run's config.eval.knn_preset and overrides.")
     flags.DEFINE_integer("knn_k", None, "kNN neighbours (overrides the preset); default: the run's.")

@@ -2,6 +2,8 @@
 crop, training end to end with crops on the host, exact resume, and the bounded-memory evaluation."""
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -79,6 +81,13 @@ def test_trains_evaluates_and_resumes_exactly_on_a_jpeg_folder(tree, tmp_path):
     for key in ("knn_top1", "linear_top1", "knn_top1_random_init"):
         assert 0.0 <= written[key] <= 1.0 and written[key] == pytest.approx(results[key])
     assert written["linear_protocol"] == "probe_cached"
+    # The exported encoder, evaluated again from the command line, gives the run's kNN figure.
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cli = subprocess.run([sys.executable, "-m", "ssl_jax.evaluate", f"--workdir={tmp_path / 'full'}"], env=env,
+                         cwd=helpers.REPO, capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    frozen = json.load(open(tmp_path / "full" / "eval_frozen.json"))
+    assert frozen["knn_top1"] == pytest.approx(written["knn_top1"], abs=1e-6)
 
     interrupted = str(tmp_path / "interrupted")
     train.train(train.build_experiment(config), interrupted, stop_after_steps=3)
