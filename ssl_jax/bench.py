@@ -6,6 +6,12 @@ the timing, times `--steps` steps with the device synchronised after each, and p
 `torch_simclr_step.py` are timed), `--part=augment` the on-device augmentation alone and `--part=input` the host
 input pipeline alone (host batch + transfer), so a bottleneck shows where it is. The data are random uint8
 images of the configured size, so no data set is needed.
+
+`--part=input --images=DIR [--generate=N] [--workers=N] [--rounds=R]` (no `--config` needed) times the streaming
+image-folder pipeline instead: `input_bench`'s side-by-side run of ours (`image_folder.HostBatches`) against
+torchvision's ImageFolder + RandomResizedCrop + DataLoader, two 224x224 crops per image, `--steps` timed batches
+of `--input_batch` images per round after `--warmup`, rounds interleaved; torchvision is left out, with a note,
+where torch is not installed. One JSON line: images/s and images/s per worker of each, and their ratio.
 """
 import functools
 import json
@@ -28,7 +34,13 @@ flags.DEFINE_enum("part", "step", ["step", "views", "augment", "input"],
                   "What to time: the train step, the step on ready views (without the augmentation), the "
                   "augmentation alone, or the host input pipeline alone.")
 flags.DEFINE_integer("num_images", 0, "Size of the random data set (0: 4 global batches).")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_string("images", None, "With --part=input: an image folder (one sub-folder per class) to time the "
+                    "streaming pipeline on, beside torchvision's loader, instead of the in-memory batches.")
+flags.DEFINE_integer("generate", 0, "With --images: first write this many ImageNet-like 500x375 JPEGs there.")
+flags.DEFINE_integer("workers", 2, "With --images: our decoding threads and torchvision's worker processes.")
+flags.DEFINE_integer("input_batch", 64, "With --images: images per batch.")
+flags.DEFINE_integer("rounds", 4, "With --images: rounds, each ours then torchvision's; medians reported.")
+flags.DEFINE_enum("input_backend", "auto", ["auto", "pil", "opencv"], "With --images: our decoding backend.")
 
 def random_dataset(config, num_images):
     from ssl_jax import data
@@ -193,9 +205,33 @@ def run(config, steps=10, warmup=2, part="step", num_images=0):
     return record
 
 
+def bench_image_folder(steps, warmup):
+    """`input_bench`'s comparison on the folder `--images` (generated first with `--generate`): its record, with
+    part='input' and mode='image_folder'. Imports neither JAX nor the config."""
+    from ssl_jax import data
+    from ssl_jax import input_bench
+
+    args = input_bench.parse_args([f"--images={FLAGS.images}", f"--generate={FLAGS.generate}",
+                                   f"--workers={FLAGS.workers}", f"--batch={FLAGS.input_batch}",
+                                   f"--batches={steps}", f"--warmup={warmup}", f"--rounds={FLAGS.rounds}",
+                                   f"--backend={FLAGS.input_backend}"])
+    try:
+        return {"part": "input", "mode": "image_folder", **input_bench.compare(args)}
+    except data.DataError as e:
+        cli.exit_with_error(e)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.images is not None:
+        if FLAGS.part != "input":
+            raise app.UsageError(f"--images times the input pipeline: use it with --part=input, not {FLAGS.part}")
+        print(json.dumps(bench_image_folder(FLAGS.steps, FLAGS.warmup)), flush=True)
+        return
+    if FLAGS.config is None:
+        raise app.UsageError("--config is required (e.g. --config=configs/simclr_cifar.py), except with "
+                             "--part=input --images=DIR")
     config = FLAGS.config
     cpu_tuning.configure_xla_cpu(config.xla_cpu_flags)
     try:

@@ -29,6 +29,19 @@ METHOD_CONFIGS = {  # method -> its CIFAR config, configs/<name>.py
 # per-method tests).
 CHECKED_CONFIGS = dict(METHOD_CONFIGS, dino_vit="dino_vit_cifar")
 
+# The ImageNet recipes (issue 22): method -> configs/<name>.py, each with `:in100` (solo-learn's ImageNet-100
+# recipe) and `:smoke` (any image folder, on the CPU) variants. Not in METHOD_CONFIGS or CHECKED_CONFIGS: those drive
+# the CIFAR learning check and the sweeps.
+IMAGENET_CONFIGS = {
+    "byol": "byol_imagenet",
+    "simclr": "simclr_imagenet",
+    "moco_v3": "mocov3_imagenet",
+    "barlow_twins": "barlow_imagenet",
+    "dino": "dino_imagenet",            # ViT-S/16
+    "swav": "swav_imagenet",
+    "moco_v2_plus": "mocov2plus_imagenet",
+}
+
 
 def method_config_path(method):
     """configs/<file>.py of `method` (a key of METHOD_CONFIGS)."""

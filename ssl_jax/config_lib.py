@@ -43,10 +43,10 @@ def local_crops_config(count, crop_size=16, crop_scale=(0.05, 0.4), **view):
     return local
 
 
-def byol_view_config(blur_prob=0.0, solarize_prob=0.0, crop_scale=(0.08, 1.0)):
+def byol_view_config(blur_prob=0.0, solarize_prob=0.0, crop_scale=(0.08, 1.0), crop_size=32):
     """BYOL's view (table 6: jitter 0.4/0.4/0.2/0.1 with p=0.8, grayscale p=0.2), as in solo-learn's CIFAR
     recipes; blur and solarize probabilities are what differ between the two views."""
-    view = view_config(color_strength=0.5, blur_prob=blur_prob, solarize_prob=solarize_prob)
+    view = view_config(color_strength=0.5, blur_prob=blur_prob, solarize_prob=solarize_prob, crop_size=crop_size)
     view.saturation = 0.2
     view.crop_scale = tuple(crop_scale)
     return view
@@ -279,10 +279,155 @@ def set_head_sizes(config, hidden, output):
     return config
 
 
-def finalize(config, arg):
-    """Applies the `:arg` variant named after the config file (`:smoke`), else returns the config."""
+# ----------------------------------------------------------------------------------------------------------------
+# ImageNet-class recipes (configs/*_imagenet.py; issue 22): the papers' ImageNet recipes, solo-learn's ImageNet-100
+# variant of each (`:in100`) and a smoke variant on any image folder (`:smoke`, `folder_smoke`).
+
+IMAGENET_CROP_SIZE = 224        # every paper's global views: RandomResizedCrop to 224 x 224
+IMAGENET_LOCAL_CROP_SIZE = 96   # multi-crop's small crops: SwAV's 6 x 96 (main_swav.py size_crops 224 96), DINO's
+                                # 96 (main_dino.py DataAugmentationDINO local_transfo)
+IMAGENET_BLUR_PROB = 0.5        # SimCLR appendix A: Gaussian blur with p = 0.5 at 224 (sigma in [0.1, 2.0], kernel
+                                # 10% of the side: augment.blur_kernel_size); also SwAV's and MoCo v2's (aug-plus)
+
+
+def imagenet_recipe(config, backbone="resnet50"):
+    """What every ImageNet recipe shares: config.data.name 'imagenet' (1000 classes, streamed from the folder
+    config.data.path: streaming.py), `backbone` a ResNet with the ImageNet stem (7x7/2 conv + 3x3/2 max-pool, He
+    et al. 2016: the ResNet-50 of every paper here) or a ViT of 16 x 16 patches (ViT-S/16: 196 tokens at 224),
+    224-pixel global views (the method's config sets their augmentation), no local crops unless the method adds
+    them, and evaluation as the papers' kNN column: DINO's eval_knn.py (20 nearest neighbours, T = 0.07, the
+    'solo_learn' preset), over the whole streamed train split, beside the fast probe on a bounded subset
+    (config.eval.streaming_linear_examples; the papers' SGD linear protocol is not available on streamed data)."""
+    config.data.name = "imagenet"
+    config.model.name = backbone
+    config.model.width = 64                      # the standard network (ResNet-50 1x)
+    if is_vit(config):
+        config.model.patch_size = 16             # ViT-S/16 (DINO, MoCo v3): 14 x 14 patches at 224
+    else:
+        config.model.stem = "imagenet"           # torchvision/He et al. 2016: 7x7/2 conv + 3x3/2 max-pool
+    config.augment.view1.crop_size = IMAGENET_CROP_SIZE
+    config.augment.view2.crop_size = IMAGENET_CROP_SIZE
+    config.augment.local_crops = local_crops_config(count=0, crop_size=IMAGENET_LOCAL_CROP_SIZE)
+    config.eval.knn_preset = "solo_learn"        # k=20, T=0.07: DINO eval_knn.py (nb_knn 20, temperature 0.07), the
+                                                 # kNN figures of DINO table 2 quoted in each config
+    config.eval.linear_protocol = "probe_cached"  # the only protocol on a streamed folder (evaluate.py)
+    return config
+
+
+def byol_imagenet_views(config, crop_scale=(0.08, 1.0), crop_size=IMAGENET_CROP_SIZE):
+    """BYOL's two views at 224 (table 6: jitter 0.4/0.4/0.2/0.1 with p=0.8, grayscale p=0.2; view 1 blurred
+    always and never solarized, view 2 blurred with p=0.1 and solarized with p=0.2), which DINO's global crops,
+    Barlow Twins, MoCo v3 and solo-learn's ImageNet-100 `asymmetric.yaml` use too."""
+    config.augment.view1 = byol_view_config(blur_prob=1.0, solarize_prob=0.0, crop_scale=crop_scale,
+                                            crop_size=crop_size)
+    config.augment.view2 = byol_view_config(blur_prob=0.1, solarize_prob=0.2, crop_scale=crop_scale,
+                                            crop_size=crop_size)
+    return config
+
+
+def simclr_imagenet_views(config, color_strength=1.0, crop_scale=(0.08, 1.0)):
+    """SimCLR's symmetric view at 224 (appendix A: colour strength 1.0 = jitter 0.8/0.8/0.8/0.2 with p=0.8,
+    grayscale p=0.2, blur p=0.5); colour strength 0.5 is MoCo v2's aug-plus (jitter 0.4/0.4/0.4/0.1)."""
+    for name in ("view1", "view2"):
+        view = view_config(color_strength=color_strength, blur_prob=IMAGENET_BLUR_PROB,
+                           crop_size=IMAGENET_CROP_SIZE)
+        view.crop_scale = tuple(crop_scale)
+        config.augment[name] = view
+    return config
+
+
+# solo-learn's ImageNet-100 views (scripts/pretrain/imagenet-100/augmentations/*.yaml): crop scale (0.08, 1), flip
+# 0.5, 224 px; asymmetric = BYOL's (blur 1.0 / 0.1, solarize 0 / 0.2); symmetric = SimCLR's (strength 1, blur 0.5);
+# symmetric_weak = jitter 0.4/0.4/0.4/0.1 with blur 0.5.
+SOLO_LEARN_IN100_VIEWS = {
+    "asymmetric": byol_imagenet_views,
+    "symmetric": lambda config: simclr_imagenet_views(config, color_strength=1.0),
+    "symmetric_weak": lambda config: simclr_imagenet_views(config, color_strength=0.5),
+}
+
+
+def solo_learn_imagenet100_recipe(config, *, base_lr, weight_decay, projector_hidden, projection_dim,
+                                  views="asymmetric"):
+    """What solo-learn's ImageNet-100 recipes (`scripts/pretrain/imagenet-100/<method>.yaml`) share, with the
+    yaml's lr, weight decay, projector sizes and views (`SOLO_LEARN_IN100_VIEWS`): config.data.name 'imagenet100',
+    ResNet-18 with the ImageNet stem (solo/methods/base.py changes the stem for CIFAR only), global batch 256
+    (optimizer.batch_size 128 on devices [0, 1]), 400 epochs (max_epochs), LARS with eta 0.02, clip_lr and biases
+    and norms excluded (exclude_bias_n_norm, as ours always are), warmup_cosine with 10 warm-up epochs (solo-learn's
+    default), two 224 crops and no multi-crop. solo-learn scales lr by batch/256 (solo/args/pretrain.py), our
+    linear rule, so base_lr = the yaml lr. Its README table gives each method's ImageNet-100 top-1, quoted in
+    each config."""
+    imagenet_recipe(config, backbone="resnet18")
+    config.data.name = "imagenet100"
+    config.batch_size = 256
+    config.num_epochs = 400
+    config.num_train_steps = -1
+    config.optimizer.name = "lars"
+    config.optimizer.lr_scaling = "linear"
+    config.optimizer.base_lr = base_lr
+    config.optimizer.weight_decay = weight_decay
+    config.optimizer.trust_coefficient = 0.02
+    config.optimizer.clip_lr = True
+    config.optimizer.warmup_epochs = 10.0
+    config.model.projector_hidden = tuple(projector_hidden)
+    config.model.projection_dim = projection_dim
+    config.model.joint_batch_norm = False        # solo-learn forwards each crop on its own
+    SOLO_LEARN_IN100_VIEWS[views](config)
+    return config
+
+
+# The `:smoke` variant of a config on a folder data set (`folder_smoke`): trains on the CPU in about a minute on a
+# small generated JPEG tree (tests/helpers.write_jpeg_tree), with the recipe's method, heads' kinds and crops' kinds.
+SMOKE_FOLDER_CROP_SIZE = 64      # global crops (a ViT's 16-pixel patches: 4 x 4 tokens)
+SMOKE_FOLDER_LOCAL_CROP_SIZE = 32  # local crops (2 x 2 tokens)
+SMOKE_FOLDER_LOCAL_CROPS = 2     # at most this many local crops (the multi-crop path runs, cheaply)
+SMOKE_FOLDER_PROTOTYPES = 1024   # at most this many prototypes (DINO's 65,536 would dominate a CPU step)
+SMOKE_FOLDER_QUEUE_BATCHES = 8   # a queue (MoCo, SwAV) of at most this many global batches
+
+
+def is_folder_dataset(config):
+    """Whether config.data.name is a folder data set streamed from config.data.path (streaming.py)."""
+    from ssl_jax import data
+
+    return data.is_folder_dataset(config.data.name)
+
+
+def folder_smoke(config):
+    """The `:smoke` variant of a config on a folder data set (ImageNet, ImageNet-100): data.name 'image_folder' (any
+    class count; pass --config.data.path), a ResNet-18 of width 8 (its stem kept) or a ViT-Tiny of
+    SMOKE_VIT_DEPTH blocks (its patch kept), 64-pixel global and 32-pixel local crops (at most
+    SMOKE_FOLDER_LOCAL_CROPS), batch 32, 20 steps, 2 decoding threads, a small evaluation; prototypes and queues
+    capped (SMOKE_FOLDER_PROTOTYPES, SMOKE_FOLDER_QUEUE_BATCHES)."""
+    smoke(config)                                # the network, heads and schedule of every :smoke
+    config.data.name = "image_folder"
+    config.data.workers = 2
+    config.batch_size = 32
+    config.num_train_steps = 20
+    if config.model.num_prototypes:
+        config.model.num_prototypes = min(config.model.num_prototypes, SMOKE_FOLDER_PROTOTYPES)
+    queue = config.loss.get("queue_size", 0)
+    if queue:
+        config.loss.queue_size = min(queue // config.batch_size, SMOKE_FOLDER_QUEUE_BATCHES) * config.batch_size
+    config.augment.view1.crop_size = SMOKE_FOLDER_CROP_SIZE
+    config.augment.view2.crop_size = SMOKE_FOLDER_CROP_SIZE
+    config.augment.local_crops.crop_size = SMOKE_FOLDER_LOCAL_CROP_SIZE
+    config.augment.local_crops.count = min(config.augment.local_crops.count, SMOKE_FOLDER_LOCAL_CROPS)
+    config.log_every_steps = 5
+    config.checkpoint_every_steps = 10
+    config.eval.knn_k = 10
+    config.eval.batch_size = 64
+    return config
+
+
+def finalize(config, arg, in100=None):
+    """Applies the `:arg` variant named after the config file, else returns the config: `:smoke` (`smoke`, or
+    `folder_smoke` for a config on a folder data set) and, for a config that passes `in100` (its ImageNet-100
+    recipe, a function of the config), `:in100`."""
     if arg in (None, ""):
         return config
     if arg == "smoke":
-        return smoke(config)
-    raise ValueError(f"Unknown config variant {arg!r}; known variants: 'smoke' (e.g. --config=configs/simclr_cifar.py:smoke).")
+        return folder_smoke(config) if is_folder_dataset(config) else smoke(config)
+    if arg == "in100" and in100 is not None:
+        return in100(config)
+    known = "'smoke'" + (", 'in100'" if in100 is not None else "")
+    example = "configs/byol_imagenet.py:in100" if in100 is not None else "configs/simclr_cifar.py:smoke"
+    raise ValueError(f"Unknown config variant {arg!r}; known variants: {known} (e.g. --config={example}).")

@@ -42,6 +42,14 @@ SPECS = {
     "cifar100": _Spec(100, (32, 32, 3), b"fine_labels", ("train",), ("test",)),
 }
 _BATCH_NAMES = frozenset(n for s in SPECS.values() for n in s.train_files + s.test_files)
+# Data sets too large for memory, streamed from an image folder by streaming.py (config.data.name -> the number
+# of classes the folder must have; None: whatever it has). Here, not there, so that configs can ask cheaply.
+FOLDER_DATASETS = {"imagenet": 1000, "imagenet100": 100, "image_folder": None}
+
+
+def is_folder_dataset(name) -> bool:
+    """Whether config.data.name names a folder data set, streamed (streaming.py) instead of held in memory."""
+    return name in FOLDER_DATASETS
 
 # Official archives; module-level so tests (and mirrors) can patch them.
 DOWNLOADS = {

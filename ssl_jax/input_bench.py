@@ -1,6 +1,7 @@
 """Input-rate benchmark: `python -m ssl_jax.input_bench --images=DIR --workers=N --batch=B --batches=K
-[--generate=N]`, ours (`image_folder.HostBatches`) against torchvision's ImageFolder + RandomResizedCrop(224) +
-DataLoader on the same files, two 224x224 crops per image, in one run; prints one JSON line.
+[--generate=N] [--backend=auto|pil|opencv]`, ours (`image_folder.HostBatches`) against torchvision's ImageFolder +
+RandomResizedCrop(224) + DataLoader on the same files, two 224x224 crops per image, in one run; prints one JSON
+line. `python -m ssl_jax.bench --part=input --images=DIR` runs the same comparison (`compare`).
 
 `--generate=N` first writes N ImageNet-like JPEGs into DIR (500x375 or `--generate_size`, every fifth turned to
 portrait, quality 90, random smooth content with noise so that they compress like photographs, about 80 kB each at
@@ -67,13 +68,13 @@ def timed_rate(batch_iter, batch, batches, warmup) -> float:
     return batches * batch / (time.perf_counter() - start)
 
 
-def ours(folder, workers, batch, round_index):
+def ours(folder, workers, batch, round_index, backend="auto"):
     """Our iterator over `folder`: two 224 crops per image; each round starts at another step (other crops)."""
     source = image_folder.scan_image_folder(folder)
     groups = (image_folder.HostCropGroup(CROP_SIZE, 2, SCALE, RATIO),)
     steps_per_epoch = len(source) // batch
     return image_folder.HostBatches(source, groups, batch, seed=0, start_step=round_index * steps_per_epoch,
-                                    workers=workers)
+                                    workers=workers, backend=backend)
 
 
 class TwoCrops:
@@ -120,8 +121,8 @@ def run(args) -> dict:
     versions = torch_version()
     rates = {"ours": [], "torchvision": []}
     for r in range(args.rounds):
-        rates["ours"].append(timed_rate(ours(args.images, args.workers, args.batch, r), args.batch,
-                                        args.batches, args.warmup))
+        batches = ours(args.images, args.workers, args.batch, r, args.backend)
+        rates["ours"].append(timed_rate(batches, args.batch, args.batches, args.warmup))
         if versions:
             loader = torchvision_loader(args.images, args.workers, args.batch)
             rates["torchvision"].append(timed_rate(loader, args.batch, args.batches, args.warmup))
@@ -132,7 +133,8 @@ def summary(args, rates, versions) -> dict:
     per_worker = max(args.workers, 1)
     out = {"images": len(image_folder.scan_image_folder(args.images)), "crops_per_image": 2,
            "crop_size": CROP_SIZE, "workers": args.workers, "batch": args.batch, "batches": args.batches,
-           "rounds": args.rounds, "cpu_count": os.cpu_count()}
+           "rounds": args.rounds, "cpu_count": os.cpu_count(),
+           "backend": image_folder.resolve_backend(args.backend)}
     for name, values in rates.items():
         if values:
             out[f"{name}_images_per_s"] = round(statistics.median(values), 1)
@@ -156,6 +158,8 @@ def parse_args(argv):
     parser.add_argument("--batches", type=int, default=20, help="Timed batches per round.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed batches per round.")
     parser.add_argument("--rounds", type=int, default=2, help="Rounds (each: ours then torchvision's).")
+    parser.add_argument("--backend", default="auto", choices=image_folder.BACKENDS,
+                        help="Our decoding backend (auto: opencv where cv2 imports, else pil).")
     args = parser.parse_args(argv)
     if args.workers < 0 or args.batch < 1 or args.batches < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--workers and --warmup must be >= 0, --batch, --batches and --rounds >= 1")
@@ -170,14 +174,18 @@ def _size(text):
     return width, height
 
 
-def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def compare(args) -> dict:
+    """Writes the `--generate` JPEGs if asked, then times ours and torchvision's: the JSON record."""
     if args.generate:
         start = time.perf_counter()
         generate_images(args.images, args.generate, size=_size(args.generate_size))
         print(f"wrote {args.generate} JPEGs into {args.images} in {time.perf_counter() - start:.0f} s",
               file=sys.stderr)
-    print(json.dumps(run(args)))
+    return run(args)
+
+
+def main(argv=None):
+    print(json.dumps(compare(parse_args(sys.argv[1:] if argv is None else argv))))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 (`image_folder.py`), and the centre crops their evaluation encodes chunk by chunk.
 
 A `FolderDataset` stands where `data.Dataset` stands for CIFAR: `train.build_experiment` loads one when
-`config.data.name` is a folder data set (`FOLDER_DATASETS`), `train.host_batches` reads its batches from here, and
+`config.data.name` is a folder data set (`data.FOLDER_DATASETS`), `train.host_batches` reads its batches from here, and
 `evaluate.evaluate_backbone_streaming` evaluates on it in bounded memory.
 """
 from __future__ import annotations
@@ -19,8 +19,6 @@ from ssl_jax import augment
 from ssl_jax import data
 from ssl_jax import image_folder
 
-# Folder data sets by config.data.name: the number of classes the folder must have (None: whatever it has).
-FOLDER_DATASETS = {"imagenet": 1000, "imagenet100": 100, "image_folder": None}
 TRAIN_SPLIT_NAMES = ("train",)
 TEST_SPLIT_NAMES = ("val", "validation", "test")
 # The evaluation transform of ImageNet practice (torchvision's reference scripts, solo-learn, DINO): the shorter
@@ -41,7 +39,7 @@ class FolderDataset:
 
 def is_streaming(name) -> bool:
     """Whether config.data.name names a folder data set read by streaming (not loaded into memory)."""
-    return name in FOLDER_DATASETS
+    return data.is_folder_dataset(name)
 
 
 def load_folder_dataset(name, path) -> FolderDataset:
@@ -59,7 +57,7 @@ def load_folder_dataset(name, path) -> FolderDataset:
         only = sorted(set(train.classes) ^ set(test.classes))[:5]
         raise data.DataError(f"{root}: the train and test folders have different classes (e.g. {only}); each "
                              "split needs a folder for every class.")
-    expected = FOLDER_DATASETS[name]
+    expected = data.FOLDER_DATASETS[name]
     if expected is not None and len(train.classes) != expected:
         raise data.DataError(f"{root} has {len(train.classes)} classes, but {name} has {expected}; point "
                              f"--config.data.path at the full data set, or use config.data.name='image_folder' "

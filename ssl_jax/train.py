@@ -139,7 +139,7 @@ def build_experiment(config, dataset=None):
 
 
 def load_data(data_config):
-    """config.data's data set: a folder data set to stream (`streaming.FOLDER_DATASETS`: ImageNet-class data) or
+    """config.data's data set: a folder data set to stream (`data.FOLDER_DATASETS`: ImageNet-class data) or
     a small one held in memory (CIFAR: `data.load_dataset`)."""
     if streaming.is_streaming(data_config.name):
         return streaming.load_folder_dataset(data_config.name, data_config.path)

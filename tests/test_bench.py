@@ -1,4 +1,5 @@
 """The benchmark command runs on CPU and prints one well-formed JSON line with positive numbers."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -48,6 +49,24 @@ def test_other_parts(part):
     if part == "views":  # the step on ready views: the network, target and heads alone, as counted by hand
         model = sum(step_flops_reference(16, 4, projector=(32, 32, 16), predictor=(16, 32, 16), ema_target=True))
         assert record["gflops_per_step"] == pytest.approx(model / 1e9, rel=1e-3)
+
+
+def test_input_on_an_image_folder_without_torch(tmp_path):
+    """`--part=input --images` runs input_bench's comparison, no config needed; without torch, ours alone."""
+    pytest.importorskip("grain")
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here: this test checks the run without it")
+    record = _bench("--part=input", f"--images={tmp_path}", "--generate=12", "--workers=1", "--input_batch=4",
+                    "--steps=2", "--warmup=1", "--rounds=2")
+    assert record["part"] == "input" and record["mode"] == "image_folder" and record["images"] == 12
+    assert record["ours_images_per_s"] > 0 and len(record["ours_rounds"]) == 2
+    assert "torchvision_images_per_s" not in record and "torch" in record["note"]
+
+
+def test_images_needs_part_input(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ssl_jax.bench", f"--images={tmp_path}"], cwd=helpers.REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "use it with --part=input" in result.stderr
 
 
 def test_bad_batch_fails_cleanly():

@@ -57,3 +57,33 @@ def test_two_processes_match_one_process(tmp_path):
             helpers.assert_leaf_close(multi[name], single[name], 2e-3, ATOL, helpers.LEAF_SCALE_TOL, err_msg=name)
     assert os.path.exists(tmp_path / "multi" / "checkpoints")
     assert not os.path.exists(tmp_path / "multi" / "metrics.jsonl.tmp")
+
+
+def test_two_processes_read_their_own_shares_of_a_jpeg_folder(tmp_path):
+    """Streaming from a folder: each process decodes only its half of every global batch, the two halves of an
+    epoch are every example once (48 images, batch 24: 2 steps), a resume in the middle of the epoch reads on
+    from where it stopped (step 1's batch is read once, after the restart), and the run ends where one process
+    with both halves ends (2 steps: longer runs drift apart by rounding, see the module docstring)."""
+    tree = helpers.write_jpeg_tree(tmp_path / "jpegs")
+    coordinator = f"127.0.0.1:{_free_port()}"
+    workers = [_start([coordinator, 2, i, tmp_path / "multi", tmp_path / f"multi{i}.npz", tree]) for i in range(2)]
+    outputs = [_finish(w) for w in workers]
+    _finish(_start(["-", 1, 0, tmp_path / "single", tmp_path / "single.npz", tree]))
+    assert "Resuming from the checkpoint at step 1" in outputs[0]
+
+    single = np.load(tmp_path / "single.npz")
+    multi = [np.load(tmp_path / f"multi{i}.npz") for i in range(2)]
+    for run in (single, *multi):
+        steps = run["reads_step"].tolist()
+        assert sorted(steps) == [0, 1], steps  # each step read once, across the restart
+    by_step = [{int(s): set(i.tolist()) for s, i in zip(run["reads_step"], run["reads_index"])} for run in multi]
+    single_by_step = {int(s): i.tolist() for s, i in zip(single["reads_step"], single["reads_index"])}
+    for step in range(2):
+        assert len(by_step[0][step]) == len(by_step[1][step]) == 12
+        assert not by_step[0][step] & by_step[1][step]
+        assert sorted(by_step[0][step] | by_step[1][step]) == sorted(single_by_step[step])
+    epoch = set().union(*(by_step[p][s] for p in range(2) for s in range(2)))
+    assert epoch == set(range(48))
+    for name in (k for k in single.files if k.startswith("arr_")):
+        for run in multi:
+            helpers.assert_leaf_close(run[name], single[name], 2e-3, ATOL, helpers.LEAF_SCALE_TOL, err_msg=name)
