@@ -74,6 +74,9 @@ class Split:
     images: np.ndarray  # uint8 [N, H, W, 3]
     labels: np.ndarray  # int32 [N]
 
+    def __len__(self):
+        return len(self.labels)
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:

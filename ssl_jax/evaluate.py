@@ -252,7 +252,7 @@ def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, 
 
 def evaluate_backbone_streaming(encode_fn: Callable, dataset, eval_config, crop_size: int, seed: int = 0,
                                 linear: bool = True, mesh=None, workers: int = 8, log_fn=None) -> dict:
-    """`evaluate_backbone` for a folder data set (`streaming.FolderDataset`) too large to hold, in bounded memory:
+    """`evaluate_backbone` for a folder data set (`streaming.StreamedDataset`) too large to hold, in bounded memory:
     every image's centre crop of `crop_size` (`streaming.eval_batches`), the test split's features held
     ([N_test, D]), the train split's streamed past the kNN once (`knn_stream`; ``max_train_examples`` > 0: a
     seeded random subset), and with ``linear`` the fast probe ('probe_cached') on the features of the first
@@ -413,7 +413,7 @@ def main(argv):
     name, path = FLAGS.dataset or data_config.name, FLAGS.data or data_config.path or None
     try:
         if streaming.is_streaming(name):
-            dataset = streaming.load_folder_dataset(name, path)
+            dataset = streaming.load_streaming_dataset(name, path, data_config.tfds_data_dir)
         else:
             dataset = data.load_dataset(name, path=path, cache_dir=data_config.cache_dir or None,
                                         tfds_data_dir=data_config.tfds_data_dir or None, download=data_config.download)
@@ -429,7 +429,7 @@ def main(argv):
     encode = functools.partial(encode_images, variables)
     from ssl_jax import sharding
 
-    if isinstance(dataset, streaming.FolderDataset):  # streamed: kNN over the whole split, the probe on a subset
+    if isinstance(dataset, streaming.StreamedDataset):  # streamed: kNN over the whole split, the probe on a subset
         results = evaluate_backbone_streaming(encode, dataset, eval_config, config.augment.view1.crop_size,
                                               config.seed, workers=data_config.get("workers", 8), log_fn=print)
     else:

@@ -70,6 +70,13 @@ class ImageFolder:
     def path(self, index) -> str:
         return os.path.join(self.root, self.files[index])
 
+    def read(self, index):
+        """(the image file's bytes, its label, its name for messages): what every source gives `host_batch`
+        (`streaming.TFDSImages` gives TFDS records the same way)."""
+        path = self.path(index)
+        with open(path, "rb") as f:
+            return f.read(), int(self.labels[index]), path
+
 
 def scan_image_folder(root) -> ImageFolder:
     """The `ImageFolder` at `root` (one sub-folder of images per class; hidden entries, other files and deeper
@@ -187,7 +194,10 @@ def decode_crops(path, seed, step, index, groups, resample="bilinear", draft=Tru
     """Example `index`'s crops at `step` from the image file `path`: one uint8 array [count, size, size, 3] per
     group. Raises what PIL raises, or OSError, for an unreadable file (`host_batch` turns that into a skip)."""
     outs = [np.empty((g.count, g.size, g.size, 3), np.uint8) for g in groups]
-    _decode_into(outs, path, (seed, step, index), groups, resample, draft, resolve_backend(backend, resample))
+    with open(path, "rb") as f:
+        encoded = f.read()
+    _decode_into(outs, encoded, path, (seed, step, index), groups, resample, draft,
+                 resolve_backend(backend, resample))
     return outs
 
 
@@ -221,13 +231,14 @@ def _cv2():
     return cv2
 
 
-def _decode_into(outs, path, key, groups, resample, draft, backend):
-    """Writes the crops of example key = (seed, step, index) into `outs` (one [count, size, size, 3] per group),
-    decoding with `backend` ('pil' or 'opencv'; opencv falls back to PIL for images other than RGB or grey JPEGs,
-    e.g. CMYK, so that their colours are PIL's)."""
+def _decode_into(outs, encoded, path, key, groups, resample, draft, backend):
+    """Writes the crops of example key = (seed, step, index) into `outs` (one [count, size, size, 3] per group)
+    from `encoded`, the image file's bytes (or a decoded uint8 HWC array, as a TFDS source may give; `path` names
+    it in messages), decoding with `backend` ('pil' or 'opencv'; opencv falls back to PIL for images other than
+    RGB or grey JPEGs, e.g. CMYK, so that their colours are PIL's)."""
+    if isinstance(encoded, np.ndarray):
+        return _crops_of_array(outs, encoded, key, groups, resample, backend)
     if backend == "opencv":
-        with open(path, "rb") as f:
-            encoded = f.read()
         with Image.open(io.BytesIO(encoded)) as image:
             if image.format == "JPEG" and image.mode in ("RGB", "L"):
                 crops = example_crops(*key, groups, image.width, image.height)
@@ -235,8 +246,19 @@ def _decode_into(outs, path, key, groups, resample, draft, backend):
                 scale = image.width / decoded.shape[1]  # as PIL's draft: the reduced size is rounded up
                 return _cv2_resize_all(outs, decoded, scale, groups, crops)
             return _pil_crops(outs, image, key, groups, resample, draft)
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(encoded)) as image:
         _pil_crops(outs, image, key, groups, resample, draft)
+
+
+def _crops_of_array(outs, array, key, groups, resample, backend):
+    """The crops of an image given decoded (uint8 [H, W, 3] or [H, W] / [H, W, 1] grey), by the same boxes."""
+    array = np.asarray(array, np.uint8)
+    array = np.repeat(array.reshape(array.shape[:2] + (1,)), 3, axis=2) if array.ndim == 2 or array.shape[2] == 1 \
+        else array
+    if backend == "opencv":
+        crops = example_crops(*key, groups, array.shape[1], array.shape[0])
+        return _cv2_resize_all(outs, np.ascontiguousarray(array), 1.0, groups, crops)
+    return _pil_crops(outs, Image.fromarray(array), key, groups, resample, draft=False)
 
 
 def _pil_crops(outs, image, key, groups, resample, draft):
@@ -327,26 +349,28 @@ def host_batch(source, groups, step, global_batch_size, seed, process_index=0, p
     indices, positions = batches.process_share(len(source), global_batch_size, seed, step, process_index,
                                                process_count)
     crops = tuple(np.zeros((len(indices), g.count, g.size, g.size, 3), np.uint8) for g in groups)
-    valid = np.ones(len(indices), bool)
+    valid, labels = np.ones(len(indices), bool), np.zeros(len(indices), np.int32)
     for slot, index in enumerate(indices):
         outs = [c[slot] for c in crops]
-        valid[slot] = _read_or_skip(outs, source.path(index), (seed, step, int(index)), groups, resample, draft,
-                                   backend)
-    return {"crops": crops, "label": source.labels[indices], "index": indices, "global_index": positions,
-            "valid": valid}
+        labels[slot], valid[slot] = _read_or_skip(source, int(index), outs, (seed, step, int(index)), groups,
+                                                  resample, draft, backend)
+    return {"crops": crops, "label": labels, "index": indices, "global_index": positions, "valid": valid}
 
 
-def _read_or_skip(outs, path, key, groups, resample, draft, backend) -> bool:
-    """Decodes one example into `outs`; for an unreadable image logs it, blacks its crops and returns False."""
+def _read_or_skip(source, index, outs, key, groups, resample, draft, backend):
+    """Reads and decodes example `index` of `source` into `outs`: (its label, True); for an unreadable image
+    logs it, blacks its crops and returns (its label where known, else 0; False)."""
+    label, name = 0, f"example {index} of {source.root}"
     try:
-        _decode_into(outs, path, key, groups, resample, draft, backend)
-        return True
+        encoded, label, name = source.read(index)
+        _decode_into(outs, encoded, name, key, groups, resample, draft, backend)
+        return label, True
     except _UNREADABLE as e:
         _log.warning("skipping unreadable image %s (%s: %s); its crops are black and it is marked invalid",
-                     path, type(e).__name__, errors.first_line(e))
+                     name, type(e).__name__, errors.first_line(e))
         for out in outs:
             out[...] = 0
-        return False
+        return label, False
 
 
 class HostBatches:

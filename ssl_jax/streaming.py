@@ -2,13 +2,15 @@
 `train/<class>/*` + `val/<class>/*` tree), read batch by batch with the crops taken on the host
 (`image_folder.py`), and the centre crops their evaluation encodes chunk by chunk.
 
-A `FolderDataset` stands where `data.Dataset` stands for CIFAR: `train.build_experiment` loads one when
+A `StreamedDataset` stands where `data.Dataset` stands for CIFAR: `train.build_experiment` loads one when
 `config.data.name` is a folder data set (`data.FOLDER_DATASETS`), `train.host_batches` reads its batches from here, and
 `evaluate.evaluate_backbone_streaming` evaluates on it in bounded memory.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
+import logging
 import os
 
 import grain
@@ -24,11 +26,13 @@ TEST_SPLIT_NAMES = ("val", "validation", "test")
 # The evaluation transform of ImageNet practice (torchvision's reference scripts, solo-learn, DINO): the shorter
 # side resized to crop / 0.875 (256 for a 224 crop), then the central crop.
 EVAL_RESIZE_RATIO = 0.875
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class FolderDataset:
-    """A folder data set: its train and test `image_folder.ImageFolder`s (`.labels`, `len()`), as data.Dataset."""
+class StreamedDataset:
+    """A streamed data set, as data.Dataset for one held in memory: its train and test sources (each with
+    `len()` and `read(index)`: an `image_folder.ImageFolder` or a `TFDSImages` split)."""
 
     name: str
     num_classes: int
@@ -42,7 +46,15 @@ def is_streaming(name) -> bool:
     return data.is_folder_dataset(name)
 
 
-def load_folder_dataset(name, path) -> FolderDataset:
+def load_streaming_dataset(name, path=None, tfds_data_dir=None):
+    """The streamed data set `name`: from the image folder `path` where given, else (ImageNet) from prepared TFDS
+    data (`load_tfds_dataset`)."""
+    if not path and name in TFDS_NAMES:
+        return load_tfds_dataset(name, tfds_data_dir)
+    return load_folder_dataset(name, path)
+
+
+def load_folder_dataset(name, path) -> StreamedDataset:
     """The folder data set `name` at `path` (a folder holding `train/` and `val/` (or `validation/`, `test/`),
     each with one sub-folder of images per class). Raises data.DataError, saying what to do, for no path, a
     missing split, train and test folders with different classes, or a class count `name` does not have."""
@@ -62,7 +74,7 @@ def load_folder_dataset(name, path) -> FolderDataset:
         raise data.DataError(f"{root} has {len(train.classes)} classes, but {name} has {expected}; point "
                              f"--config.data.path at the full data set, or use config.data.name='image_folder' "
                              "for a folder of another size.")
-    return FolderDataset(name=name, num_classes=len(train.classes), train=train, test=test,
+    return StreamedDataset(name=name, num_classes=len(train.classes), train=train, test=test,
                          source=f"image folder {root} (streamed)")
 
 
@@ -97,30 +109,94 @@ def train_batches(dataset, groups, batch_size, seed, start_step, end_step, proce
         yield {"crops": batch["crops"], "label": batch["label"], "global_index": batch["global_index"]}
 
 
-def center_crop(path, size) -> np.ndarray:
-    """The evaluation view of one image: uint8 [size, size, 3], its shorter side resized to size / 0.875 then the
-    central size x size crop (JPEGs decoded at a reduced scale where that keeps the resolution)."""
+def center_crop(image_file, size) -> np.ndarray:
+    """The evaluation view of one image (a path, the file's bytes, or a decoded uint8 array): uint8
+    [size, size, 3], its shorter side resized to size / 0.875 then the central size x size crop (JPEGs decoded at
+    a reduced scale where that keeps the resolution)."""
     short = int(round(size / EVAL_RESIZE_RATIO))
-    with Image.open(path) as image:
+    if isinstance(image_file, np.ndarray):
+        image = Image.fromarray(np.asarray(image_file, np.uint8).squeeze()).convert("RGB")
+    else:
+        image = Image.open(io.BytesIO(image_file) if isinstance(image_file, bytes) else image_file)
         scale = short / min(image.size)
         image.draft("RGB", (max(1, int(image.width * scale)), max(1, int(image.height * scale))))
         image = image.convert("RGB")
-        scale = short / min(image.size)
-        width, height = max(short, round(image.width * scale)), max(short, round(image.height * scale))
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-        left, top = (width - size) // 2, (height - size) // 2
-        return np.asarray(image.crop((left, top, left + size, top + size)))
+    scale = short / min(image.size)
+    width, height = max(short, round(image.width * scale)), max(short, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
+    left, top = (width - size) // 2, (height - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
-def eval_batches(folder, size, batch_size, indices=None, workers=8):
-    """(uint8 images [b, size, size, 3], labels [b]) of `folder`'s examples `indices` (default: all, in order),
+def _center_crop_or_black(source, index, size):
+    """(`center_crop` of example `index`, its label); an unreadable image logged and given black."""
+    label, name = 0, f"example {index} of {source.root}"
+    try:
+        encoded, label, name = source.read(int(index))
+        return center_crop(encoded, size), label
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        _log.warning("evaluation: unreadable image %s (%s); a black image stands in", name, e)
+        return np.zeros((size, size, 3), np.uint8), label
+
+
+def eval_batches(source, size, batch_size, indices=None, workers=8):
+    """(uint8 images [b, size, size, 3], labels [b]) of `source`'s examples `indices` (default: all, in order),
     `center_crop`ped, in batches of `batch_size` (the last shorter), decoded by `workers` threads."""
-    indices = np.arange(len(folder)) if indices is None else np.asarray(indices)
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices)
     starts = list(range(0, len(indices), batch_size))
 
     def decode(start):
-        chunk = indices[start:start + batch_size]
-        return np.stack([center_crop(folder.path(i), size) for i in chunk]), folder.labels[chunk]
+        images, labels = zip(*(_center_crop_or_black(source, i, size) for i in indices[start:start + batch_size]))
+        return np.stack(images), np.asarray(labels, np.int32)
 
     options = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=2 * max(1, workers))
     return iter(grain.MapDataset.source(starts).map(decode).to_iter_dataset(options))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The same data sets from prepared TFDS data (`tfds build imagenet2012`), read by index from array_record files.
+
+TFDS_NAMES = {"imagenet": ("imagenet2012", "train", "validation", 1000)}  # config name -> TFDS name, splits, classes
+
+
+class TFDSImages:
+    """A TFDS split read by index as a streaming source (`read(index)` -> (image, label, name)): each record's
+    JPEG bytes where TFDS can leave them encoded (`tfds.decode.SkipDecoding`, so the host decodes at a reduced
+    scale and crops), else the array TFDS decodes. `tfds.data_source` reads array_record files, so any example is
+    one seek away, and each process reads only the examples of its share."""
+
+    def __init__(self, tfds_name, split, data_dir=None):
+        import tensorflow_datasets as tfds
+
+        self.root = f"TFDS {tfds_name} ({split})"
+        try:
+            self._records = tfds.data_source(tfds_name, split=split, data_dir=data_dir or None, download=False,
+                                             decoders={"image": tfds.decode.SkipDecoding()})
+            self._records[0]  # a TFDS that cannot leave images encoded (its mock, some versions) raises here
+        except Exception:  # noqa: BLE001 - whatever stops SkipDecoding, TFDS's own decoding is the fallback
+            self._records = tfds.data_source(tfds_name, split=split, data_dir=data_dir or None, download=False)
+
+    def __len__(self):
+        return len(self._records)
+
+    def read(self, index):
+        record = self._records[index]
+        image = record["image"]
+        return (image if isinstance(image, bytes) else np.asarray(image)), int(record["label"]), \
+            f"{self.root}[{index}]"
+
+
+def load_tfds_dataset(name, data_dir) -> StreamedDataset:
+    """The folder data set `name` from prepared TFDS data in `data_dir` (TFDS's default where empty). Raises
+    data.DataError, saying how to prepare it, where it is not there."""
+    tfds_name, train_split, test_split, num_classes = TFDS_NAMES[name]
+    try:
+        train, test = TFDSImages(tfds_name, train_split, data_dir), TFDSImages(tfds_name, test_split, data_dir)
+    except Exception as e:  # noqa: BLE001 - TFDS raises several kinds for data that is not prepared
+        raise data.DataError(
+            f"no prepared TFDS {tfds_name} found ({type(e).__name__}: {str(e).splitlines()[0][:200]}); prepare it "
+            f"with `tfds build {tfds_name} --file_format=array_record` (ImageNet: put the manual download in "
+            "~/tensorflow_datasets/downloads/manual first) and pass --config.data.tfds_data_dir=DIR, or pass "
+            "--config.data.path=DIR of an image folder (train/<class>/*, val/<class>/*).") from e
+    return StreamedDataset(name=name, num_classes=num_classes, train=train, test=test,
+                         source=f"TFDS {tfds_name} ({data_dir or 'default data dir'}, streamed)")

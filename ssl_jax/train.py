@@ -126,7 +126,7 @@ def build_experiment(config, dataset=None):
     sharding.check_batch_size(config.batch_size, dp.num_devices, jax.process_count())
     if dataset is None:
         dataset = load_data(config.data)
-    steps_per_epoch = batches.steps_per_epoch(len(dataset.train.labels), config.batch_size)
+    steps_per_epoch = batches.steps_per_epoch(len(dataset.train), config.batch_size)
     total_steps = train_step.steps_for(config.num_epochs, config.num_train_steps, steps_per_epoch)
     make_net = method.network or models.make_ssl_net  # MAE builds its own (methods.Method.network)
     net = make_net(config.model, compute_dtype(config.model.dtype), bn_axis_name=sharding.AXIS,
@@ -142,7 +142,7 @@ def load_data(data_config):
     """config.data's data set: a folder data set to stream (`data.FOLDER_DATASETS`: ImageNet-class data) or
     a small one held in memory (CIFAR: `data.load_dataset`)."""
     if streaming.is_streaming(data_config.name):
-        return streaming.load_folder_dataset(data_config.name, data_config.path)
+        return streaming.load_streaming_dataset(data_config.name, data_config.path, data_config.tfds_data_dir)
     return data.load_dataset(data_config.name, path=data_config.path or None,
                              cache_dir=data_config.cache_dir or None,
                              tfds_data_dir=data_config.tfds_data_dir or None, download=data_config.download)
@@ -183,7 +183,7 @@ def host_batches(exp, start_step, end_step=None):
     """This process's share of each global batch from `start_step` on; the order depends on seed and step only.
     A folder data set's batches bring their crops taken on the host (`streaming.train_batches`)."""
     end_step = exp.total_steps if end_step is None else end_step
-    if isinstance(exp.dataset, streaming.FolderDataset):
+    if isinstance(exp.dataset, streaming.StreamedDataset):
         yield from streaming.train_batches(exp.dataset, crop_groups(exp.config), exp.config.batch_size,
                                            exp.config.seed, start_step, end_step, jax.process_index(),
                                            jax.process_count(), exp.config.data.workers)
@@ -223,7 +223,7 @@ def evaluate_state(exp, state, linear=True):
     host_state = sharding.local_copy(exp.dp.get_state(state))
     encode = make_encode_fn(exp.net, host_state.params, host_state.batch_stats, exp.pixel_stats)
     variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
-    if isinstance(exp.dataset, streaming.FolderDataset):
+    if isinstance(exp.dataset, streaming.StreamedDataset):
         return evaluate.evaluate_backbone_streaming(encode, exp.dataset, exp.config.eval,
                                                     exp.config.augment.view1.crop_size, exp.config.seed, linear,
                                                     mesh=exp.dp.mesh, workers=exp.config.data.workers, log_fn=log)
@@ -471,8 +471,8 @@ def train_and_evaluate(config, workdir, dataset=None):
     if jax.process_index() == 0:
         with open(os.path.join(workdir, run_files.CONFIG_FILE), "w") as f:
             f.write(config.to_json(indent=2))
-    log(f"Data: {exp.dataset.source}; {len(exp.dataset.train.labels)} train / "
-        f"{len(exp.dataset.test.labels)} test images, {exp.dataset.num_classes} classes.")
+    log(f"Data: {exp.dataset.source}; {len(exp.dataset.train)} train / "
+        f"{len(exp.dataset.test)} test images, {exp.dataset.num_classes} classes.")
     state = train(exp, workdir)
     host_state = sharding.local_copy(exp.dp.get_state(state))
     checkpoint.export_encoder(os.path.join(workdir, run_files.ENCODER_DIR), host_state.params, host_state.batch_stats,

@@ -122,3 +122,32 @@ def test_streaming_evaluation_equals_the_in_memory_one_on_the_same_crops(tree):
     assert streamed["knn_top1"] == pytest.approx(want["knn_top1"]) and streamed["knn_top1"] > 0.9
     # The probe sees the same features in another order (the stream's seeded permutation): the same accuracy.
     assert streamed["linear_top1"] == pytest.approx(want["linear_top1"], abs=1 / 18)
+
+
+def test_imagenet_from_tfds_mock_data_trains_resumes_and_evaluates(tmp_path):
+    """config.data.name 'imagenet' without a folder reads prepared TFDS imagenet2012 (here TFDS's own mock data,
+    whose images come decoded: the host crops the arrays), end to end through the ImageNet recipe's :smoke, with a
+    resume in the middle equal to the uninterrupted run."""
+    import tensorflow_datasets as tfds
+
+    from ssl_jax import config_files
+
+    config = config_files.load_config("byol_imagenet", "smoke")
+    config.data.name = "imagenet"  # :smoke reads any folder; here the recipe's own data set, from TFDS
+    config.update_from_flattened_dict({"num_train_steps": 4, "batch_size": 16, "checkpoint_every_steps": 2,
+                                       "eval.knn_k": 5, "eval.linear_epochs": 2, "xla_cpu_flags": ""})
+    with tfds.testing.mock_data(num_examples=48):
+        dataset = streaming.load_streaming_dataset("imagenet", None, None)
+        assert (len(dataset.train), dataset.num_classes) == (48, 1000) and dataset.source.startswith("TFDS")
+        results = train.train_and_evaluate(config, str(tmp_path / "full"))
+        assert 0.0 <= results["knn_top1"] <= 1.0 and results["step"] == 4
+        train.train(train.build_experiment(config), str(tmp_path / "cut"), stop_after_steps=2)
+        resumed = sharding.local_copy(train.train(train.build_experiment(config), str(tmp_path / "cut")))
+        full = sharding.local_copy(train.train(train.build_experiment(config), str(tmp_path / "full")))
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_imagenet_without_a_folder_or_tfds_data_says_how_to_prepare_it(tmp_path):
+    with pytest.raises(data.DataError, match="tfds build imagenet2012"):
+        streaming.load_streaming_dataset("imagenet", None, str(tmp_path))
