@@ -44,6 +44,7 @@ PIXEL_STATS = {
     "imagenet": IMAGENET_STATS,
     "imagenet100": IMAGENET_STATS,
     "image_folder": IMAGENET_STATS,
+    "stl10": IMAGENET_STATS,  # STL-10 is drawn from ImageNet; its own statistics are not measured here (no copy)
 }
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 _HIGHEST = jax.lax.Precision.HIGHEST

@@ -44,7 +44,7 @@ SPECS = {
 _BATCH_NAMES = frozenset(n for s in SPECS.values() for n in s.train_files + s.test_files)
 # Data sets too large for memory, streamed from an image folder by streaming.py (config.data.name -> the number
 # of classes the folder must have; None: whatever it has). Here, not there, so that configs can ask cheaply.
-FOLDER_DATASETS = {"imagenet": 1000, "imagenet100": 100, "image_folder": None}
+FOLDER_DATASETS = {"imagenet": 1000, "imagenet100": 100, "image_folder": None, "stl10": 10}
 
 
 def is_folder_dataset(name) -> bool:

@@ -36,9 +36,15 @@ class StreamedDataset:
 
     name: str
     num_classes: int
-    train: image_folder.ImageFolder
-    test: image_folder.ImageFolder
+    train: object  # the labelled train split: the evaluation's (kNN neighbours, the probe)
+    test: object
     source: str
+    pretrain: object = None  # what pretraining reads, where it is more than `train` (STL-10: train + unlabelled;
+                             # unlabelled examples carry label -1, which the online probe skips)
+
+    @property
+    def pretrain_split(self):
+        return self.train if self.pretrain is None else self.pretrain
 
 
 def is_streaming(name) -> bool:
@@ -47,8 +53,8 @@ def is_streaming(name) -> bool:
 
 
 def load_streaming_dataset(name, path=None, tfds_data_dir=None):
-    """The streamed data set `name`: from the image folder `path` where given, else (ImageNet) from prepared TFDS
-    data (`load_tfds_dataset`)."""
+    """The streamed data set `name`: from the image folder `path` where given, else (ImageNet, STL-10) from
+    prepared TFDS data (`load_tfds_dataset`)."""
     if not path and name in TFDS_NAMES:
         return load_tfds_dataset(name, tfds_data_dir)
     return load_folder_dataset(name, path)
@@ -95,10 +101,11 @@ def host_crop_groups(groups) -> tuple:
 
 def train_batches(dataset, groups, batch_size, seed, start_step, end_step, process_index=0, process_count=1,
                   workers=8):
-    """This process's share of each global batch of steps [start_step, end_step) as the train step takes them:
+    """This process's share of each global batch of steps [start_step, end_step) of the data set's pretraining
+    split (`StreamedDataset.pretrain_split`) as the train step takes them:
     'crops' (one uint8 [B/n, count, size, size, 3] per group), 'label', 'global_index'. Logs the unreadable images
     skipped so far (their crops are black) every time the count grows."""
-    reader = image_folder.HostBatches(dataset.train, host_crop_groups(groups), batch_size, seed,
+    reader = image_folder.HostBatches(dataset.pretrain_split, host_crop_groups(groups), batch_size, seed,
                                       start_step=start_step, num_steps=end_step - start_step,
                                       process_index=process_index, process_count=process_count, workers=workers)
     skipped = 0
@@ -156,7 +163,11 @@ def eval_batches(source, size, batch_size, indices=None, workers=8):
 # ----------------------------------------------------------------------------------------------------------------
 # The same data sets from prepared TFDS data (`tfds build imagenet2012`), read by index from array_record files.
 
-TFDS_NAMES = {"imagenet": ("imagenet2012", "train", "validation", 1000)}  # config name -> TFDS name, splits, classes
+# config.data.name -> (TFDS name, pretraining splits, labelled train split, test split, classes). STL-10 (Coates et
+# al. 2011): 96 x 96 images, 5,000 labelled train, 8,000 test and 100,000 unlabelled, pretrained on train +
+# unlabelled and evaluated on train / test, as its papers and solo-learn do.
+TFDS_NAMES = {"imagenet": ("imagenet2012", ("train",), "train", "validation", 1000),
+              "stl10": ("stl10", ("train", "unlabelled"), "train", "test", 10)}
 
 
 class TFDSImages:
@@ -189,14 +200,32 @@ class TFDSImages:
 def load_tfds_dataset(name, data_dir) -> StreamedDataset:
     """The folder data set `name` from prepared TFDS data in `data_dir` (TFDS's default where empty). Raises
     data.DataError, saying how to prepare it, where it is not there."""
-    tfds_name, train_split, test_split, num_classes = TFDS_NAMES[name]
+    tfds_name, pretrain_splits, train_split, test_split, num_classes = TFDS_NAMES[name]
     try:
         train, test = TFDSImages(tfds_name, train_split, data_dir), TFDSImages(tfds_name, test_split, data_dir)
+        pretrain = None if pretrain_splits == (train_split,) else ConcatenatedSources(
+            [train if split == train_split else TFDSImages(tfds_name, split, data_dir) for split in pretrain_splits])
     except Exception as e:  # noqa: BLE001 - TFDS raises several kinds for data that is not prepared
         raise data.DataError(
             f"no prepared TFDS {tfds_name} found ({type(e).__name__}: {str(e).splitlines()[0][:200]}); prepare it "
             f"with `tfds build {tfds_name} --file_format=array_record` (ImageNet: put the manual download in "
             "~/tensorflow_datasets/downloads/manual first) and pass --config.data.tfds_data_dir=DIR, or pass "
             "--config.data.path=DIR of an image folder (train/<class>/*, val/<class>/*).") from e
-    return StreamedDataset(name=name, num_classes=num_classes, train=train, test=test,
-                         source=f"TFDS {tfds_name} ({data_dir or 'default data dir'}, streamed)")
+    return StreamedDataset(name=name, num_classes=num_classes, train=train, test=test, pretrain=pretrain,
+                           source=f"TFDS {tfds_name} ({data_dir or 'default data dir'}, streamed)")
+
+
+class ConcatenatedSources:
+    """Several sources read as one, in order (STL-10's pretraining set: its train split, then its unlabelled)."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        self.root = " + ".join(s.root for s in self.sources)
+        self._starts = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self):
+        return int(self._starts[-1])
+
+    def read(self, index):
+        part = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.sources[part].read(index - int(self._starts[part]))

@@ -126,7 +126,8 @@ def build_experiment(config, dataset=None):
     sharding.check_batch_size(config.batch_size, dp.num_devices, jax.process_count())
     if dataset is None:
         dataset = load_data(config.data)
-    steps_per_epoch = batches.steps_per_epoch(len(dataset.train), config.batch_size)
+    steps_per_epoch = batches.steps_per_epoch(len(getattr(dataset, "pretrain_split", dataset.train)),
+                                              config.batch_size)
     total_steps = train_step.steps_for(config.num_epochs, config.num_train_steps, steps_per_epoch)
     make_net = method.network or models.make_ssl_net  # MAE builds its own (methods.Method.network)
     net = make_net(config.model, compute_dtype(config.model.dtype), bn_axis_name=sharding.AXIS,

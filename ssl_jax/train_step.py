@@ -112,9 +112,13 @@ def forward_crops(net, params, batch_stats, crops, indices, use_predictor=True, 
 
 
 def _probe_loss(probe, probe_params, features, labels):
+    """The online probe's cross-entropy and accuracy over this device's labelled examples (label >= 0; STL-10's
+    unlabelled images carry -1 and teach it nothing)."""
     logits = probe.apply({"params": probe_params}, features)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (logits.argmax(-1) == labels).mean()
+    labelled = labels >= 0
+    count = jnp.maximum(jnp.sum(labelled), 1)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    return jnp.sum(jnp.where(labelled, loss, 0.0)) / count, jnp.sum(labelled & (logits.argmax(-1) == labels)) / count
 
 
 def _frozen_now(method, step, steps_per_epoch):

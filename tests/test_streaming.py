@@ -25,7 +25,7 @@ def tree(tmp_path_factory):
 
 def folder_config(tree, steps=6, **overrides):
     """The tiny SimCLR config on the folder: 32-pixel crops taken on the host from the JPEGs."""
-    return helpers.tiny_config(steps=steps, **{"data.name": "image_folder", "data.path": str(tree),
+    return helpers.tiny_config(steps=steps, **{"data.name": "image_folder", "data.path": str(tree or ""),
                                                "data.workers": 2, **overrides})
 
 
@@ -151,3 +151,36 @@ def test_imagenet_from_tfds_mock_data_trains_resumes_and_evaluates(tmp_path):
 def test_imagenet_without_a_folder_or_tfds_data_says_how_to_prepare_it(tmp_path):
     with pytest.raises(data.DataError, match="tfds build imagenet2012"):
         streaming.load_streaming_dataset("imagenet", None, str(tmp_path))
+
+
+def test_stl10_pretrains_on_train_and_unlabelled_and_evaluates_on_the_labelled_split(tmp_path):
+    """STL-10 from TFDS (mock data): pretraining reads train + unlabelled (ConcatenatedSources), the evaluation
+    the labelled train split and test."""
+    import tensorflow_datasets as tfds
+
+    config = folder_config(None, steps=2, **{"data.name": "stl10", "data.path": ""})
+    with tfds.testing.mock_data(num_examples=24):
+        dataset = streaming.load_streaming_dataset("stl10", None, None)
+        assert (len(dataset.pretrain_split), len(dataset.train), len(dataset.test)) == (48, 24, 24)
+        assert dataset.pretrain_split.read(30)[0].shape == dataset.pretrain.sources[1].read(6)[0].shape
+        exp = train.build_experiment(config)
+        assert exp.steps_per_epoch == 48 // config.batch_size
+        results = train.train_and_evaluate(config, str(tmp_path / "w"))
+    assert 0.0 <= results["knn_top1"] <= 1.0
+
+
+def test_the_online_probe_skips_unlabelled_examples():
+    """Label -1 (STL-10's unlabelled images) adds nothing to the probe's loss or accuracy: they are those of the
+    labelled rows alone, against a NumPy cross-entropy."""
+    from ssl_jax import train_step
+
+    probe = train_step.LinearProbe(3)
+    features = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    params = probe.init(jax.random.key(0), features)["params"]
+    labels = np.array([0, -1, 2, -1, 1, 2])
+    loss, accuracy = train_step._probe_loss(probe, params, features, labels)
+    logits = np.asarray(probe.apply({"params": params}, features), np.float64)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    rows = labels >= 0
+    np.testing.assert_allclose(loss, -logp[rows, labels[rows]].mean(), rtol=1e-5)
+    np.testing.assert_allclose(accuracy, (logits[rows].argmax(1) == labels[rows]).mean())
