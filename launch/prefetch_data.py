@@ -5,7 +5,9 @@
 Takes the same flags as `python -m ssl_jax.main` (flags other than --config and its overrides are ignored), so a
 launcher can pass its command line through unchanged. Used by launch/multi_gpu.sh --processes and
 launch/slurm.sbatch so that N processes do not download CIFAR N times at once, and so that missing data fails
-once, early, with the library's message. Imports no JAX.
+once, early, with the library's message. A streamed data set (ImageNet, STL-10: `streaming.py`) is only checked:
+its folder is scanned (or its TFDS files opened), so a missing or malformed one fails here. Imports no JAX for
+CIFAR (the streaming reader's grain may import it).
 """
 import sys
 
@@ -23,14 +25,20 @@ def main(argv):
     from ssl_jax import data
 
     try:
-        dataset = data.load_dataset(config.data.name, path=config.data.path or None,
-                                    cache_dir=config.data.cache_dir or None,
-                                    tfds_data_dir=config.data.tfds_data_dir or None, download=config.data.download)
+        if data.is_folder_dataset(config.data.name):  # streamed (ImageNet, STL-10): nothing to cache, check it is there
+            from ssl_jax import streaming
+
+            dataset = streaming.load_streaming_dataset(config.data.name, config.data.path,
+                                                       config.data.tfds_data_dir)
+        else:
+            dataset = data.load_dataset(config.data.name, path=config.data.path or None,
+                                        cache_dir=config.data.cache_dir or None,
+                                        tfds_data_dir=config.data.tfds_data_dir or None,
+                                        download=config.data.download)
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"Data ready: {dataset.source}; {len(dataset.train.labels)} train / {len(dataset.test.labels)} test "
-          "images.", flush=True)
+    print(f"Data ready: {dataset.source}; {len(dataset.train)} train / {len(dataset.test)} test images.", flush=True)
 
 
 if __name__ == "__main__":

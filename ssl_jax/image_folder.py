@@ -78,15 +78,21 @@ class ImageFolder:
             return f.read(), int(self.labels[index]), path
 
 
-def scan_image_folder(root) -> ImageFolder:
+def scan_image_folder(root, classes=None) -> ImageFolder:
     """The `ImageFolder` at `root` (one sub-folder of images per class; hidden entries, other files and deeper
-    folders are ignored). Raises DataError for a missing root, no class folders, or a class folder without
-    images."""
+    folders are ignored); with `classes`, only those class folders (all of which must be there: ImageNet-100's
+    from a full ImageNet folder). Raises DataError for a missing root, no class folders, a missing class or a
+    class folder without images."""
     root = os.path.abspath(os.path.expanduser(str(root)))
     if not os.path.isdir(root):
         raise data.DataError(f"image folder {root} does not exist or is not a folder; pass the folder that holds "
                              "one sub-folder of images per class (e.g. .../imagenet/train)")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    missing = sorted(set(classes or ()) - set(found))
+    if missing:
+        raise data.DataError(f"image folder {root} lacks {len(missing)} of the {len(classes)} class folders asked "
+                             f"for (e.g. {', '.join(missing[:3])}); pass a folder that has them all.")
+    classes = sorted(classes) if classes else found
     if not classes:
         raise data.DataError(f"image folder {root} has no class sub-folders; it must hold one folder of images "
                              "per class, e.g. train/n01440764/*.JPEG")

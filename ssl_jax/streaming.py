@@ -62,15 +62,17 @@ def load_streaming_dataset(name, path=None, tfds_data_dir=None):
 
 def load_folder_dataset(name, path) -> StreamedDataset:
     """The folder data set `name` at `path` (a folder holding `train/` and `val/` (or `validation/`, `test/`),
-    each with one sub-folder of images per class). Raises data.DataError, saying what to do, for no path, a
+    each with one sub-folder of images per class; for ImageNet-100 a full ImageNet folder does, its 100 classes
+    taken: `imagenet100_classes`). Raises data.DataError, saying what to do, for no path, a
     missing split, train and test folders with different classes, or a class count `name` does not have."""
     if not path:
         raise data.DataError(f"config.data.name={name!r} is read from an image folder: pass "
                              "--config.data.path=DIR, DIR holding train/<class>/* and val/<class>/* "
                              "(docs/input_pipeline.md: how to prepare ImageNet).")
     root = os.path.abspath(os.path.expanduser(str(path)))
-    train = image_folder.scan_image_folder(_split_dir(root, TRAIN_SPLIT_NAMES))
-    test = image_folder.scan_image_folder(_split_dir(root, TEST_SPLIT_NAMES))
+    classes = imagenet100_classes() if name == "imagenet100" else None
+    train = image_folder.scan_image_folder(_split_dir(root, TRAIN_SPLIT_NAMES), classes)
+    test = image_folder.scan_image_folder(_split_dir(root, TEST_SPLIT_NAMES), classes)
     if train.classes != test.classes:
         only = sorted(set(train.classes) ^ set(test.classes))[:5]
         raise data.DataError(f"{root}: the train and test folders have different classes (e.g. {only}); each "
@@ -82,6 +84,13 @@ def load_folder_dataset(name, path) -> StreamedDataset:
                              "for a folder of another size.")
     return StreamedDataset(name=name, num_classes=len(train.classes), train=train, test=test,
                          source=f"image folder {root} (streamed)")
+
+
+def imagenet100_classes() -> tuple:
+    """ImageNet-100's 100 WordNet ids (CMC's list, ssl_jax/imagenet100_classes.txt): load_folder_dataset takes
+    them from a full ImageNet folder, or requires them of a 100-class one."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet100_classes.txt")) as f:
+        return tuple(w for line in f if not line.startswith("#") for w in line.split())
 
 
 def _split_dir(root, names):

@@ -184,3 +184,20 @@ def test_the_online_probe_skips_unlabelled_examples():
     rows = labels >= 0
     np.testing.assert_allclose(loss, -logp[rows, labels[rows]].mean(), rtol=1e-5)
     np.testing.assert_allclose(accuracy, (logits[rows].argmax(1) == labels[rows]).mean())
+
+
+def test_imagenet100_takes_cmcs_classes_from_a_full_imagenet_folder(tmp_path):
+    """The 100 classes of CMC's list (100 distinct WordNet ids), picked out of a folder that has more, in sorted
+    order; a folder that lacks some of them is refused with their names."""
+    classes = streaming.imagenet100_classes()
+    assert len(classes) == len(set(classes)) == 100 and all(c.startswith("n") and len(c) == 9 for c in classes)
+    for split in ("train", "val"):
+        for wnid in classes + ("n99999999",):
+            folder = tmp_path / split / wnid
+            folder.mkdir(parents=True)
+            Image.new("RGB", (8, 8), (int(wnid[-2:]), 0, 0)).save(folder / "a.JPEG")
+    dataset = streaming.load_folder_dataset("imagenet100", str(tmp_path))
+    assert dataset.train.classes == tuple(sorted(classes)) and len(dataset.test) == 100
+    os.rename(tmp_path / "val" / classes[5], tmp_path / "val" / "elsewhere")
+    with pytest.raises(data.DataError, match=f"lacks 1 of the 100 class folders.*{classes[5]}"):
+        streaming.load_folder_dataset("imagenet100", str(tmp_path))
