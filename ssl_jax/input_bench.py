@@ -153,6 +153,8 @@ def parse_args(argv):
     parser.add_argument("--images", required=True, help="Image folder (one sub-folder per class).")
     parser.add_argument("--generate", type=int, default=0, help="First write this many ImageNet-like JPEGs.")
     parser.add_argument("--generate_size", default="500x375", help="WIDTHxHEIGHT of the generated JPEGs.")
+    parser.add_argument("--generate_only", action="store_true",
+                        help="Only write the --generate JPEGs (e.g. a tree for a :smoke run), time nothing.")
     parser.add_argument("--workers", type=int, default=2, help="Our decoding threads; torch's worker processes.")
     parser.add_argument("--batch", type=int, default=64, help="Images per batch.")
     parser.add_argument("--batches", type=int, default=20, help="Timed batches per round.")
@@ -185,7 +187,12 @@ def compare(args) -> dict:
 
 
 def main(argv=None):
-    print(json.dumps(compare(parse_args(sys.argv[1:] if argv is None else argv))))
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.generate_only:
+        generate_images(args.images, args.generate, size=_size(args.generate_size))
+        print(f"wrote {args.generate} JPEGs into {args.images}")
+        return
+    print(json.dumps(compare(args)))
 
 
 if __name__ == "__main__":
