@@ -87,7 +87,8 @@ def train_step_flops(config, ready_views=False):
     size, batch = config.augment.view1.crop_size, config.batch_size
     images = np.broadcast_to(np.uint8(0), (batch, size, size, 3))  # no memory: only the shapes are read
     split = data.Split(images, np.zeros(batch, np.int32))
-    num_classes = data.SPECS[config.data.name].num_classes
+    name = config.data.name
+    num_classes = data.SPECS[name].num_classes if name in data.SPECS else data.FOLDER_DATASETS.get(name) or 1000
     exp = train.build_experiment(config, data.Dataset(config.data.name, num_classes, split, split, "shapes only"))
     state = jax.eval_shape(lambda: train.initial_state(exp))
     step_batch = {"image": images, "label": split.labels, "global_index": np.arange(batch, dtype=np.int32)}

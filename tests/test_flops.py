@@ -216,3 +216,16 @@ def test_peak_flops_takes_the_most_specific_name(kind, peak):
     class Device:
         device_kind = kind
     assert flops.peak_flops(Device()) == peak
+
+
+def test_an_imagenet_recipe_counts_its_resnet50():
+    """BYOL's ImageNet recipe (a streamed data set, 1000 classes): per image, the two views' ResNet-50 forwards
+    through the online network (x3 with the backward) and the target (x1) are 8 forwards of 4.1 G multiply-adds,
+    2 FLOPs each, less the stem's gradient for the images (not needed), plus the heads and the on-device crop's
+    resize (a few percent)."""
+    config = helpers.load_config("byol_imagenet", None)
+    config.num_devices, config.batch_size = 1, 8
+    count = flops.train_step_flops(config)
+    per_image = (count.conv + count.dot) / config.batch_size
+    forward = 2 * _backbone_forward_macs("resnet50", "imagenet", 224)
+    assert 7.9 * forward <= per_image <= 8.3 * forward
