@@ -383,6 +383,10 @@ def main(argv):
         if FLAGS[key].value is not None:
             ft_config[key] = FLAGS[key].value
     data_config = config.data
+    if data.is_folder_dataset(FLAGS.dataset or data_config.name):
+        sys.exit(f"error: fine-tuning reads its data set into memory, and {FLAGS.dataset or data_config.name} is "
+                 "streamed (too large); fine-tune on cifar10 or cifar100 (--dataset=cifar10 --data=PATH), or "
+                 "evaluate the encoder with python -m ssl_jax.evaluate, which streams.")
     try:
         dataset = data.load_dataset(FLAGS.dataset or data_config.name, path=FLAGS.data or data_config.path or None,
                                     cache_dir=data_config.get("cache_dir") or None,
