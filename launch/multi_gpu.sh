@@ -10,6 +10,8 @@
 #   CUDA_VISIBLE_DEVICES=2,3 launch/multi_gpu.sh configs/byol_cifar.py /data/runs/byol
 #   launch/multi_gpu.sh --processes configs/simclr_cifar.py /data/runs/simclr
 #   launch/multi_gpu.sh --processes --dry_run configs/simclr_cifar.py /data/runs/simclr
+#   launch/multi_gpu.sh --processes configs/byol_imagenet.py:in100 /data/runs/byol_in100 \
+#       --config.data.path=/data/imagenet --config.data.workers=14     # ImageNet-100 from an ImageNet folder
 #
 # Modes:
 #   default      one process drives every visible GPU (simplest, and what JAX does best on one machine):
@@ -30,6 +32,8 @@
 # Expects: an NVIDIA driver (nvidia-smi) and JAX with CUDA (pip install -U "jax[cuda12]"); CONFIG is a path
 # relative to the current directory (configs/*.py, optionally with :smoke); the global batch size
 # (config.batch_size) must be divisible by the number of GPUs, else the run stops at start with a message.
+# ImageNet (configs/*_imagenet.py): --config.data.path=DIR with DIR/{train,val}/<wnid>/*.JPEG, or TFDS data; about
+# 15-21 host cores per H200 (--config.data.workers); launch/README.md, "ImageNet-class data (streamed)".
 # Resuming: run the same command again with the same WORKDIR.
 #
 # Environment:

@@ -15,6 +15,12 @@
 #   launch/tpu_pod.sh --detach my-tpu us-central2-b configs/simclr_cifar.py /mnt/shared/runs/simclr
 #   # print the gcloud commands only
 #   launch/tpu_pod.sh --dry_run my-tpu us-central2-b configs/simclr_cifar.py /mnt/shared/runs/simclr
+#   # ImageNet (streamed): prepared TFDS imagenet2012 (array_record) on a disk mounted read-only on every worker,
+#   # or an image folder DIR/train/<wnid>/*.JPEG + DIR/val/<wnid>/*.JPEG with --config.data.path=DIR
+#   launch/tpu_pod.sh my-tpu us-central2-b configs/byol_imagenet.py /mnt/shared/runs/byol_in \
+#       --config.data.tfds_data_dir=/mnt/disks/imagenet/tfds
+#   launch/tpu_pod.sh my-tpu us-central2-b configs/byol_imagenet.py:in100 /mnt/shared/runs/byol_in100 \
+#       --config.data.path=/mnt/disks/imagenet
 #
 # Steps, each one `gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=all --command=...`:
 #   1. code: this checkout (tracked and untracked, non-ignored files) is packed and copied to every worker with
@@ -51,6 +57,15 @@
 #     (gcsfuse installed on the workers), then WORKDIR=/mnt/gcs/runs/NAME. On a single-host TPU VM a local path works.
 #   - the data: each worker loads CIFAR itself (downloaded into ~/.cache/ssl_jax when online, or
 #     --config.data.path=PATH present on every worker, or --config.data.tfds_data_dir).
+#     ImageNet, ImageNet-100 (configs/*_imagenet.py) and STL-10 are streamed, never downloaded: each worker reads
+#     its share of every batch, so EVERY worker needs the whole data set at the same path: a persistent disk
+#     attached read-only to all workers and mounted at the same path (e.g. /mnt/disks/imagenet), Filestore, or a
+#     local copy on each worker. gcsfuse is slow for 1.28M small JPEGs (prefer TFDS array_record files there, or a
+#     local copy). Prepare a folder (val/ sorted into class folders, e.g. with valprep.sh) or
+#     `tfds build imagenet2012 --data_dir=DIR --file_format=array_record` with ILSVRC2012_img_train.tar and
+#     ILSVRC2012_img_val.tar in DIR/downloads/manual/; ImageNet-100 needs a folder. The data are checked when
+#     ssl_jax.main starts on each worker. Decoding threads per worker: --config.data.workers (default 8; one
+#     process per worker feeds all its chips). launch/README.md, "ImageNet-class data (streamed)".
 #   - config.batch_size divisible by the total number of TPU devices (else the run stops at start).
 # Resuming: run the same command again with the same WORKDIR (add --skip_install if nothing changed).
 # Stopping a detached run: gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=all \

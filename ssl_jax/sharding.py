@@ -53,6 +53,13 @@ def make_mesh(num_devices=0):
     return Mesh(np.array(devices), (AXIS,))
 
 
+def process_local_mesh(mesh):
+    """The part of `mesh` on this process's own devices, on the same axis: for work each process does whole by
+    itself (evaluation), whose results it must be able to read back (an array on other hosts' devices cannot be)."""
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return Mesh(np.array(local), mesh.axis_names)
+
+
 def check_batch_size(global_batch_size, num_devices, process_count=1):
     """Fails at start, with what to do, when the global batch cannot be split evenly."""
     if global_batch_size <= 0 or global_batch_size % num_devices:

@@ -225,9 +225,11 @@ def evaluate_state(exp, state, linear=True):
     encode = make_encode_fn(exp.net, host_state.params, host_state.batch_stats, exp.pixel_stats)
     variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
     if isinstance(exp.dataset, streaming.StreamedDataset):
+        # Every process evaluates the whole split itself (as for CIFAR), on its own devices.
         return evaluate.evaluate_backbone_streaming(encode, exp.dataset, exp.config.eval,
                                                     exp.config.augment.view1.crop_size, exp.config.seed, linear,
-                                                    mesh=exp.dp.mesh, workers=exp.config.data.workers, log_fn=log)
+                                                    mesh=sharding.process_local_mesh(exp.dp.mesh),
+                                                    workers=exp.config.data.workers, log_fn=log)
     return evaluate.evaluate_backbone(encode, exp.dataset, exp.config.eval, exp.config.seed, linear=linear,
                                       backbone=(BackboneFeatures(exp.net), variables), mesh=exp.dp.mesh, log_fn=log,
                                       pixel_stats=exp.pixel_stats)
