@@ -165,6 +165,8 @@ def base_config():
         clip_lr=False,               # LARS: clip the trust ratio at plain SGD's step (solo-learn clip_lr; SimCLR: no)
         fixed_predictor_lr=False,    # predictor at the peak lr throughout (SimSiam's official --fix-pred-lr)
         warmup_epochs=10.0,          # SimCLR: 10 warm-up epochs, then cosine decay
+        frozen_epochs=-1.0,          # >= 0: the epochs the method's frozen-at-start parameters stay frozen (DINO's
+                                     # last layer: 1, SwAV's prototypes: 2; methods.Method.frozen_at_start); < 0: its own
         b1=0.9, b2=0.999,            # AdamW only
     ))
 
@@ -202,8 +204,8 @@ def base_config():
             lr_decay_factor=0.1,     # MultiStepLR gamma=0.1 (solo/methods/linear.py)
         )),
         max_train_examples=0,        # 0: the whole train split for kNN/linear eval
-        streaming_linear_examples=100000,  # folder data sets (streamed): the probe's features are those of at most
-                                     # this many train images (100k x 2048 float32 = 0.8 GB); kNN sees all
+        streaming_linear_examples=100000,  # streamed data sets: the probe's features are those of at most this
+                                     # many train images (100k x 2048 float32 = 0.8 GB; 0: all); kNN sees all
         batch_size=1000,             # feature-extraction batch
         random_init=True,            # also evaluate the network at random initialisation (eval.json *_random_init)
     ))

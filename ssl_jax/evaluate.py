@@ -256,7 +256,8 @@ def evaluate_backbone_streaming(encode_fn: Callable, dataset, eval_config, crop_
     every image's centre crop of `crop_size` (`streaming.eval_batches`), the test split's features held
     ([N_test, D]), the train split's streamed past the kNN once (`knn_stream`; ``max_train_examples`` > 0: a
     seeded random subset), and with ``linear`` the fast probe ('probe_cached') on the features of the first
-    ``streaming_linear_examples`` train images of that (random) order, kept as they stream by. The papers'
+    ``streaming_linear_examples`` train images of that (random) order (0: all of them, their features held in
+    host memory: 1.28M x 2048 float32 = 10 GB for ImageNet), kept as they stream by. The papers'
     'sgd_augmented' protocol needs the images again every epoch and is not offered here."""
     import time
 
@@ -275,7 +276,7 @@ def evaluate_backbone_streaming(encode_fn: Callable, dataset, eval_config, crop_
     test = [(np.asarray(f), y) for f, y in _encoded(encode_fn, streaming.eval_batches(
         dataset.test, crop_size, batch, workers=workers), batch)]
     test_features, test_labels = np.concatenate([f for f, _ in test]), np.concatenate([y for _, y in test])
-    kept, limit = [], eval_config.streaming_linear_examples if linear else 0
+    kept, limit = [], (eval_config.streaming_linear_examples or len(order)) if linear else 0
 
     def train_chunks():
         held = 0

@@ -113,9 +113,18 @@ def check_crops(config, method):
                                  f"crop size of {max(1, round(group.crop_size / patch)) * patch} or another patch.")
 
 
+def with_frozen_epochs(method, epochs):
+    """`method` with its frozen-at-start parameters frozen for `epochs` epochs instead of its own (epochs < 0: as
+    it is), from config.optimizer.frozen_epochs."""
+    if epochs < 0:
+        return method
+    frozen = tuple((path, float(epochs)) for path, _ in method.frozen_at_start)
+    return dataclasses.replace(method, frozen_at_start=frozen)
+
+
 def build_experiment(config, dataset=None):
     """Builds data, mesh, network, method and optimizers from the config; fails fast on a bad setting."""
-    method = methods.get_method(config.method)
+    method = with_frozen_epochs(methods.get_method(config.method), config.optimizer.get("frozen_epochs", -1.0))
     pixel_stats = augment.pixel_stats(config.data.name)
     check_method_config(config, method)
     check_crops(config, method)

@@ -122,6 +122,9 @@ def test_streaming_evaluation_equals_the_in_memory_one_on_the_same_crops(tree):
     assert streamed["knn_top1"] == pytest.approx(want["knn_top1"]) and streamed["knn_top1"] > 0.9
     # The probe sees the same features in another order (the stream's seeded permutation): the same accuracy.
     assert streamed["linear_top1"] == pytest.approx(want["linear_top1"], abs=1 / 18)
+    eval_config.streaming_linear_examples = 0  # all of them: here as many as the default's 100,000 keeps
+    everything = evaluate.evaluate_backbone_streaming(encode, dataset, eval_config, 32, workers=2)
+    assert everything["linear_top1"] == streamed["linear_top1"]
 
 
 def test_imagenet_from_tfds_mock_data_trains_resumes_and_evaluates(tmp_path):

@@ -314,3 +314,14 @@ def test_predictor_size_must_match_the_projection(config_name):
     config = helpers.tiny_config(config_name, **{"model.predictor_dim": 8})
     with pytest.raises(ValueError, match=r"predictor_dim=8 differs from config.model.projection_dim=16"):
         train.build_experiment(config, helpers.synthetic_dataset())
+
+
+def test_the_frozen_epochs_of_a_method_can_be_set():
+    """config.optimizer.frozen_epochs replaces the method's own (SwAV's prototypes: 2 epochs); < 0 keeps them."""
+    config = helpers.tiny_config("swav_cifar")
+    own = train.build_experiment(config, helpers.synthetic_dataset()).method.frozen_at_start
+    assert own == ((("projector", "prototypes_v"), 2.0),)
+    config.optimizer.frozen_epochs = 0.25
+    changed = train.build_experiment(config, helpers.synthetic_dataset()).method.frozen_at_start
+    assert changed == ((("projector", "prototypes_v"), 0.25),)
+    assert train.with_frozen_epochs(train.methods.get_method("simclr"), 3.0).frozen_at_start == ()
