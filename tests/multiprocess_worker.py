@@ -43,8 +43,8 @@ def main(coordinator, num_processes, process_id, workdir, out_path, jpeg_tree=No
     if jpeg_tree is not None:  # the streamed evaluation, each process on its own devices
         knn = train.evaluate_state(train.build_experiment(config, dataset), state, linear=False)["knn_top1"]
     np.savez(out_path, *leaves, step=int(sharding.local_copy(state.step)), devices=jax.device_count(),
-             reads_step=np.array([s for s, _ in reads], int).reshape(-1),
-             reads_index=np.array([i for _, i in reads], int).reshape(len(reads), -1), knn=knn)
+             reads_step=np.array([s for s, _ in reads], int), reads_index=np.array([i for _, i in reads], int),
+             knn=knn)
 
 
 def _record_reads():
