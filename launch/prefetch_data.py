@@ -25,16 +25,7 @@ def main(argv):
     from ssl_jax import data
 
     try:
-        if data.is_folder_dataset(config.data.name):  # streamed (ImageNet, STL-10): nothing to cache, check it is there
-            from ssl_jax import streaming
-
-            dataset = streaming.load_streaming_dataset(config.data.name, config.data.path,
-                                                       config.data.tfds_data_dir)
-        else:
-            dataset = data.load_dataset(config.data.name, path=config.data.path or None,
-                                        cache_dir=config.data.cache_dir or None,
-                                        tfds_data_dir=config.data.tfds_data_dir or None,
-                                        download=config.data.download)
+        dataset = data.load_configured(config.data)  # streamed (ImageNet, STL-10): scanned, nothing cached
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -88,6 +88,11 @@ class Dataset:
     test: Split
     source: str
 
+    @property
+    def pretrain_split(self):
+        """What pretraining reads: the train split (as `streaming.StreamedDataset.pretrain_split`)."""
+        return self.train
+
 
 class DataError(Exception):
     """A data problem the user can fix; the message says what was wrong and what to do."""
@@ -95,6 +100,20 @@ class DataError(Exception):
 
 # ----------------------------------------------------------------------------------------------------------
 # Public entry point.
+
+
+def load_configured(data_config, name=None, path=None):
+    """The data set config.data names (`name` and `path` override its own, as evaluate's and finetune's flags
+    do): a folder data set to stream (`FOLDER_DATASETS`, ImageNet-class data: `streaming.load_streaming_dataset`)
+    or a small one held in memory (CIFAR: `load_dataset`). Raises DataError with what to do."""
+    name, path = name or data_config.name, path or data_config.get("path") or None
+    tfds_data_dir = data_config.get("tfds_data_dir") or None
+    if is_folder_dataset(name):
+        from ssl_jax import streaming  # imports grain (and so JAX): only for streamed data
+
+        return streaming.load_streaming_dataset(name, path, tfds_data_dir)
+    return load_dataset(name, path=path, cache_dir=data_config.get("cache_dir") or None,
+                        tfds_data_dir=tfds_data_dir, download=data_config.get("download", True))
 
 
 def load_dataset(name="cifar10", path=None, cache_dir=None, tfds_data_dir=None, download=True) -> Dataset:

@@ -410,14 +410,8 @@ def main(argv):
         linear_protocol(eval_config)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    data_config = config.data
-    name, path = FLAGS.dataset or data_config.name, FLAGS.data or data_config.path or None
     try:
-        if streaming.is_streaming(name):
-            dataset = streaming.load_streaming_dataset(name, path, data_config.tfds_data_dir)
-        else:
-            dataset = data.load_dataset(name, path=path, cache_dir=data_config.cache_dir or None,
-                                        tfds_data_dir=data_config.tfds_data_dir or None, download=data_config.download)
+        dataset = data.load_configured(config.data, FLAGS.dataset, FLAGS.data)
     except data.DataError as e:
         sys.exit(f"error: {e}")
     apply, variables = checkpoint.load_encoder(encoder_dir)
@@ -432,7 +426,7 @@ def main(argv):
 
     if isinstance(dataset, streaming.StreamedDataset):  # streamed: kNN over the whole split, the probe on a subset
         results = evaluate_backbone_streaming(encode, dataset, eval_config, config.augment.view1.crop_size,
-                                              config.seed, workers=data_config.get("workers", 8), log_fn=print)
+                                              config.seed, workers=config.data.get("workers", 8), log_fn=print)
     else:
         mesh = (sharding.make_mesh(config.get("num_devices", 0)) if linear_protocol(eval_config) == "sgd_augmented"
                 else None)

@@ -388,10 +388,7 @@ def main(argv):
                  "streamed (too large); fine-tune on cifar10 or cifar100 (--dataset=cifar10 --data=PATH), or "
                  "evaluate the encoder with python -m ssl_jax.evaluate, which streams.")
     try:
-        dataset = data.load_dataset(FLAGS.dataset or data_config.name, path=FLAGS.data or data_config.path or None,
-                                    cache_dir=data_config.get("cache_dir") or None,
-                                    tfds_data_dir=data_config.get("tfds_data_dir") or None,
-                                    download=data_config.get("download", True))
+        dataset = data.load_configured(data_config, FLAGS.dataset, FLAGS.data)
     except data.DataError as e:
         sys.exit(f"error: {e}")
     backbone, variables = load_backbone(encoder_dir)

@@ -47,11 +47,6 @@ class StreamedDataset:
         return self.train if self.pretrain is None else self.pretrain
 
 
-def is_streaming(name) -> bool:
-    """Whether config.data.name names a folder data set read by streaming (not loaded into memory)."""
-    return data.is_folder_dataset(name)
-
-
 def load_streaming_dataset(name, path=None, tfds_data_dir=None):
     """The streamed data set `name`: from the image folder `path` where given, else (ImageNet, STL-10) from
     prepared TFDS data (`load_tfds_dataset`)."""

@@ -134,9 +134,8 @@ def build_experiment(config, dataset=None):
                                state_specs=train_step.state_partition(method))
     sharding.check_batch_size(config.batch_size, dp.num_devices, jax.process_count())
     if dataset is None:
-        dataset = load_data(config.data)
-    steps_per_epoch = batches.steps_per_epoch(len(getattr(dataset, "pretrain_split", dataset.train)),
-                                              config.batch_size)
+        dataset = data.load_configured(config.data)
+    steps_per_epoch = batches.steps_per_epoch(len(dataset.pretrain_split), config.batch_size)
     total_steps = train_step.steps_for(config.num_epochs, config.num_train_steps, steps_per_epoch)
     make_net = method.network or models.make_ssl_net  # MAE builds its own (methods.Method.network)
     net = make_net(config.model, compute_dtype(config.model.dtype), bn_axis_name=sharding.AXIS,
@@ -146,16 +145,6 @@ def build_experiment(config, dataset=None):
                       probe=train_step.LinearProbe(dataset.num_classes),
                       probe_tx=optax.adam(config.probe.learning_rate),
                       steps_per_epoch=steps_per_epoch, total_steps=total_steps, pixel_stats=pixel_stats)
-
-
-def load_data(data_config):
-    """config.data's data set: a folder data set to stream (`data.FOLDER_DATASETS`: ImageNet-class data) or
-    a small one held in memory (CIFAR: `data.load_dataset`)."""
-    if streaming.is_streaming(data_config.name):
-        return streaming.load_streaming_dataset(data_config.name, data_config.path, data_config.tfds_data_dir)
-    return data.load_dataset(data_config.name, path=data_config.path or None,
-                             cache_dir=data_config.cache_dir or None,
-                             tfds_data_dir=data_config.tfds_data_dir or None, download=data_config.download)
 
 
 def initial_state(exp):

@@ -69,8 +69,6 @@ def test_a_wrong_config_file_or_variant_names_the_choices(config_arg, expected):
 
 
 def test_the_learning_check_names_a_bad_set_override():
-    from ssl_jax import learning_check
-
     assert learning_check.overrides_problem("simclr", ["loss.temperature=0.2"]) is None
     assert "config.loss has no key 'tempreature' (did you mean 'temperature'?)" in \
         learning_check.overrides_problem("simclr", ["loss.tempreature=0.2"])

@@ -36,6 +36,18 @@ def test_loads_the_splits_with_their_classes(tree):
     np.testing.assert_array_equal(np.bincount(dataset.train.labels), [16, 16, 16])
 
 
+def test_one_loader_serves_both_kinds_of_data_set(tree, tmp_path):
+    """data.load_configured streams a folder data set and holds CIFAR in memory; flags' name and path override
+    the config's (as evaluate's and finetune's --dataset and --data do)."""
+    config = folder_config(tree)
+    streamed = data.load_configured(config.data)
+    assert isinstance(streamed, streaming.StreamedDataset) and len(streamed.pretrain_split) == 48
+    config.data.cache_dir = str(tmp_path / "cache")
+    folder = helpers.write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=20, num_test=10))
+    held = data.load_configured(config.data, "cifar10", str(folder))
+    assert isinstance(held, data.Dataset) and held.pretrain_split is held.train and len(held.train) == 20
+
+
 @pytest.mark.parametrize("name, path, message", [
     ("image_folder", "", "pass --config.data.path"),
     ("imagenet", None, "has 3 classes, but imagenet has 1000"),

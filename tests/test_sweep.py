@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 
-import ml_collections
 import pytest
 
 import helpers
