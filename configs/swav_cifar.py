@@ -34,7 +34,8 @@ def get_config(arg=None):
                                                                color_strength=1.0)
     config.loss = ml_collections.ConfigDict(dict(
         temperature=0.1,                         # solo-learn swav.yaml; paper Sec. 4 / main_swav.py 0.1
-        epsilon=0.05,                            # solo-learn default sk_epsilon; main_swav.py epsilon 0.05
+        epsilon=0.05,                            # solo-learn default sk_epsilon; main_swav.py epsilon 0.05 (its README:
+                                                 # 0.03 when the loss stays near ln 3000; the learning check uses it)
         sinkhorn_iterations=3,                   # solo-learn default sk_iters; paper Sec. 3.1: 3
         queue_size=3840,                         # solo-learn swav.yaml queue_size (main_swav.py queue_length 3840)
         queue_start_epochs=50.0,                 # solo-learn swav.yaml epoch_queue_starts (main_swav.py 15 at 100 ep)
