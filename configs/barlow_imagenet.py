@@ -18,7 +18,8 @@ Differs from the paper: biases and BatchNorm parameters train at the weights' le
 0.0048 x batch/256, 24 times less; our optimizer has one learning rate); the cosine ends at 0 (main.py: at 1/1000 of
 the peak); the host resizes crops bilinearly (main.py: bicubic); solo-learn's `scale_loss 0.1` of the in100 recipe
 has no setting here (losses.barlow_twins_loss takes lambd and eps only), so `:in100` runs at scale 1; the linear
-figure is the fast probe on at most eval.streaming_linear_examples train images.
+figure is the fast probe on at most eval.streaming_linear_examples train images (the SGD protocol: `ssl_jax.evaluate
+--linear_protocol=sgd_augmented`).
 
     python -m ssl_jax.main --config=configs/barlow_imagenet.py --config.data.path=/data/imagenet \
         --workdir=/tmp/barlow_in

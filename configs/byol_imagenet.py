@@ -14,9 +14,9 @@ batch 256, 400 epochs, LARS lr 0.5 per 256, weight decay 1e-6, eta 0.02, clip_lr
 8192 -> 256, tau 0.99 -> 1, its asymmetric views: 80.16% online / 80.32% offline linear top-1 (solo-learn README).
 
 Differs from the paper: the host resizes crops bilinearly (image_folder.py); the linear figure here is the fast
-probe on at most eval.streaming_linear_examples train images (config_lib.imagenet_recipe), not the paper's SGD
-protocol on all of them; no Goyal et al. zero-initialised residual BatchNorm (the README: the paper's results were
-obtained without it, as here).
+probe on at most eval.streaming_linear_examples train images (config_lib.imagenet_recipe; the paper's SGD
+protocol on all of them: `ssl_jax.evaluate --linear_protocol=sgd_augmented`); no Goyal et al. zero-initialised
+residual BatchNorm (the README: the paper's results were obtained without it, as here).
 
     python -m ssl_jax.main --config=configs/byol_imagenet.py --config.data.path=/data/imagenet --workdir=/tmp/byol_in
     python -m ssl_jax.main --config=configs/byol_imagenet.py:in100 --config.data.path=/data/imagenet100 \

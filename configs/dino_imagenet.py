@@ -27,7 +27,8 @@ optimizer.weight_decay has no schedule); no stochastic depth (main_dino.py drop_
 norm_last_layer=True, no config key; the README's boosted ViT-S run and solo-learn's dino_vit.yaml train it
 unnormalised, --norm_last_layer false); the cosine ends at 0 (main_dino.py min_lr 1e-6) and solo-learn's warm-up
 starts at 0 (its warmup_start_lr 1e-5); the host resizes crops bilinearly (main_dino.py: bicubic); the linear figure
-is the fast probe on at most eval.streaming_linear_examples train images.
+is the fast probe on at most eval.streaming_linear_examples train images (the SGD protocol: `ssl_jax.evaluate
+--linear_protocol=sgd_augmented`).
 
     python -m ssl_jax.main --config=configs/dino_imagenet.py --config.data.path=/data/imagenet --workdir=/tmp/dino_in
     python -m ssl_jax.main --config=configs/dino_imagenet.py:in100 --config.data.path=/data/imagenet100 \

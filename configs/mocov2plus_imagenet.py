@@ -21,7 +21,7 @@ view: losses.moco_v2_loss; the official code contrasts one query view against on
 shuffled BatchNorm (the official key encoder shuffles its batch across GPUs; BatchNorm is synchronised here, as
 solo-learn); weight decay leaves biases and BatchNorm parameters alone (optim.decay_mask; the official SGD decays
 every parameter); the host resizes crops bilinearly; the linear figure is the fast probe on at most
-eval.streaming_linear_examples train images.
+eval.streaming_linear_examples train images (the SGD protocol: `ssl_jax.evaluate --linear_protocol=sgd_augmented`).
 
     python -m ssl_jax.main --config=configs/mocov2plus_imagenet.py --config.data.path=/data/imagenet \
         --workdir=/tmp/mocov2_in

@@ -18,7 +18,8 @@ README).
 
 Differs from the paper: the predictor's output layer has a bias (models.MLPHead; the official Linear layers have
 none, the projector's here neither); the host resizes crops bilinearly; the linear figure is the fast probe on at
-most eval.streaming_linear_examples train images, not the official SGD protocol.
+most eval.streaming_linear_examples train images; the official SGD protocol:
+`python -m ssl_jax.evaluate --workdir=RUN --linear_protocol=sgd_augmented`.
 
     python -m ssl_jax.main --config=configs/mocov3_imagenet.py --config.data.path=/data/imagenet \
         --workdir=/tmp/mocov3_in

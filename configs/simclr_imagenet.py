@@ -16,7 +16,8 @@ batch 256, 400 epochs, LARS lr 0.3 per 256, weight decay 1e-4, eta 0.02, clip_lr
 temperature 0.2, symmetric views (SimCLR's, blur 0.5): 77.64% online linear top-1 (solo-learn README).
 
 Differs from the paper: the host resizes crops bilinearly (image_folder.py); the linear figure here is the fast
-probe on at most eval.streaming_linear_examples train images, not the paper's SGD protocol.
+probe on at most eval.streaming_linear_examples train images; the paper's SGD protocol:
+`python -m ssl_jax.evaluate --workdir=RUN --linear_protocol=sgd_augmented`.
 
     python -m ssl_jax.main --config=configs/simclr_imagenet.py --config.data.path=/data/imagenet \
         --workdir=/tmp/simclr_in

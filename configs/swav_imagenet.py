@@ -21,7 +21,8 @@ Differs from the paper: the prototypes stay frozen for 2 epochs (methods.METHODS
 freeze_prototypes_epochs; main_swav.py: 313 iterations, about 1 epoch at batch 4096); LARC adapts and decays every
 parameter in main_swav.py, biases and BatchNorm parameters included, where ours leaves them out (optim.decay_mask);
 the warm-up starts at 0 (main_swav.py: 0.3) and the cosine ends at 0 (0.0048); the host resizes crops bilinearly;
-the linear figure is the fast probe on at most eval.streaming_linear_examples train images.
+the linear figure is the fast probe on at most eval.streaming_linear_examples train images (the SGD protocol:
+`ssl_jax.evaluate --linear_protocol=sgd_augmented`).
 
     python -m ssl_jax.main --config=configs/swav_imagenet.py --config.data.path=/data/imagenet --workdir=/tmp/swav_in
     python -m ssl_jax.main --config=configs/swav_imagenet.py:in100 --config.data.path=/data/imagenet100 \

@@ -299,7 +299,8 @@ def imagenet_recipe(config, backbone="resnet50"):
     224-pixel global views (the method's config sets their augmentation), no local crops unless the method adds
     them, and evaluation as the papers' kNN column: DINO's eval_knn.py (20 nearest neighbours, T = 0.07, the
     'solo_learn' preset), over the whole streamed train split, beside the fast probe on a bounded subset
-    (config.eval.streaming_linear_examples; the papers' SGD linear protocol is not available on streamed data)."""
+    (config.eval.streaming_linear_examples; the papers' SGD linear protocol, reading the images every epoch, with
+    config.eval.linear_protocol='sgd_augmented')."""
     config.data.name = "imagenet"
     config.model.name = backbone
     config.model.width = 64                      # the standard network (ResNet-50 1x)

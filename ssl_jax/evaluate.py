@@ -251,22 +251,27 @@ def evaluate_backbone(encode_fn: Callable, dataset, eval_config, seed: int = 0, 
 
 
 def evaluate_backbone_streaming(encode_fn: Callable, dataset, eval_config, crop_size: int, seed: int = 0,
-                                linear: bool = True, mesh=None, workers: int = 8, log_fn=None) -> dict:
+                                linear: bool = True, mesh=None, workers: int = 8, log_fn=None, backbone=None,
+                                pixel_stats=None) -> dict:
     """`evaluate_backbone` for a folder data set (`streaming.StreamedDataset`) too large to hold, in bounded memory:
     every image's centre crop of `crop_size` (`streaming.eval_batches`), the test split's features held
     ([N_test, D]), the train split's streamed past the kNN once (`knn_stream`; ``max_train_examples`` > 0: a
-    seeded random subset), and with ``linear`` the fast probe ('probe_cached') on the features of the first
-    ``streaming_linear_examples`` train images of that (random) order (0: all of them, their features held in
-    host memory: 1.28M x 2048 float32 = 10 GB for ImageNet), kept as they stream by. The papers'
-    'sgd_augmented' protocol needs the images again every epoch and is not offered here."""
+    seeded random subset). With ``linear``, the protocol `linear_protocol` names:
+    - 'probe_cached': the fast probe on the features of the first ``streaming_linear_examples`` train images of that
+      (random) order (0: all of them, their features held in host memory: 1.28M x 2048 float32 = 10 GB for
+      ImageNet), kept as they stream by;
+    - 'sgd_augmented': the papers' protocol, `linear_sgd.sgd_linear_eval_streaming`, reading the train split (or
+      its subset) again every epoch; it needs ``backbone`` = (features_fn, variables) and the ``pixel_stats``
+      its inputs are normalised with, as `evaluate_backbone`."""
     import time
 
     from ssl_jax import knn_stream
     from ssl_jax import streaming
 
-    if linear and linear_protocol(eval_config) != "probe_cached":
-        raise ValueError("config.eval.linear_protocol='sgd_augmented' is not available for a streamed folder data "
-                         "set; use 'probe_cached' (the train loop's online probe also reports linear accuracy).")
+    protocol = linear_protocol(eval_config)
+    if linear and protocol == "sgd_augmented" and (backbone is None or pixel_stats is None):
+        raise ValueError("linear_protocol='sgd_augmented' needs the backbone (features_fn, variables) and its "
+                         "pixel_stats, not only its encode function")
     knn_k, knn_temperature = knn_settings(eval_config)
     start = time.perf_counter()
     order = np.random.default_rng(seed).permutation(len(dataset.train))
@@ -276,7 +281,8 @@ def evaluate_backbone_streaming(encode_fn: Callable, dataset, eval_config, crop_
     test = [(np.asarray(f), y) for f, y in _encoded(encode_fn, streaming.eval_batches(
         dataset.test, crop_size, batch, workers=workers), batch)]
     test_features, test_labels = np.concatenate([f for f, _ in test]), np.concatenate([y for _, y in test])
-    kept, limit = [], (eval_config.streaming_linear_examples or len(order)) if linear else 0
+    probe = linear and protocol == "probe_cached"
+    kept, limit = [], (eval_config.streaming_linear_examples or len(order)) if probe else 0
 
     def train_chunks():
         held = 0
@@ -292,11 +298,21 @@ def evaluate_backbone_streaming(encode_fn: Callable, dataset, eval_config, crop_
     scores = knn_stream.knn_classify_streaming(train_chunks(), test_features, dataset.num_classes, knn_k,
                                                knn_temperature, mesh=mesh)
     results = {"knn_top1": topk_accuracy(scores, test_labels, 1), "knn_k": knn_k, "knn_temperature": knn_temperature}
-    if linear:
+    if probe:
         results.update(linear_probe.linear_eval(
             np.concatenate([f for f, _ in kept]), np.concatenate([y for _, y in kept]), test_features, test_labels,
             dataset.num_classes, epochs=eval_config.linear_epochs, batch_size=eval_config.linear_batch_size,
-            seed=seed), linear_protocol="probe_cached")
+            seed=seed))
+    elif linear:
+        from ssl_jax import linear_sgd
+
+        features_fn, variables = backbone
+        train = dataset.train if len(order) == len(dataset.train) else streaming.SourceSubset(dataset.train, order)
+        results.update(linear_sgd.sgd_linear_eval_streaming(
+            features_fn, variables, train, test_features, test_labels, dataset.num_classes, eval_config.sgd_linear,
+            crop_size, seed=seed, mesh=mesh, workers=workers, log_fn=log_fn, pixel_stats=pixel_stats))
+    if linear:
+        results["linear_protocol"] = protocol
     results["eval_seconds"] = time.perf_counter() - start
     return results
 
@@ -426,7 +442,8 @@ def main(argv):
 
     if isinstance(dataset, streaming.StreamedDataset):  # streamed: kNN over the whole split, the probe on a subset
         results = evaluate_backbone_streaming(encode, dataset, eval_config, config.augment.view1.crop_size,
-                                              config.seed, workers=config.data.get("workers", 8), log_fn=print)
+                                              config.seed, workers=config.data.get("workers", 8), log_fn=print,
+                                              backbone=(apply, variables), pixel_stats=pixel_stats)
     else:
         mesh = (sharding.make_mesh(config.get("num_devices", 0)) if linear_protocol(eval_config) == "sgd_augmented"
                 else None)

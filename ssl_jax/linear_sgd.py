@@ -33,6 +33,12 @@ order). A mesh of one device is the single-device case. Single process only (the
 It is slow on a CPU: every epoch runs the backbone forward on the whole (augmented) train split, 100 times in all;
 `config.eval.linear_protocol='probe_cached'` (the default) is the fast probe on cached features
 (`ssl_jax.linear_probe`).
+
+A streamed folder data set (ImageNet: `streaming.py`) has the same protocol in `sgd_linear_eval_streaming`: its
+random-resized crops are taken on the host from each JPEG (`image_folder.HostBatches`, the crop of `train_view`
+drawn from the seed, the step and the example's index), the flip on the device from the step's key and the
+example's position in the global batch, then the same SGD step; the test split's features are the centre crops'
+(`streaming.eval_batches`). An image the host could not read is left out of its batch's loss.
 """
 from __future__ import annotations
 
@@ -163,6 +169,90 @@ def _test_features(features_fn, variables, images, pixel_stats, batch_size=500):
             batch = np.concatenate([batch, np.zeros((batch_size - valid,) + batch.shape[1:], batch.dtype)])
         out.append((_features(features_fn, variables, batch, pixel_stats), valid))
     return jnp.concatenate([f[:v] for f, v in out], axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("features_fn", "mesh", "view", "pixel_stats"), donate_argnums=(1, 2))
+def _streamed_step(variables, params, opt_state, crops, positions, labels, valid, key, lr, momentum, weight_decay, *,
+                   features_fn, mesh, view, pixel_stats):
+    """One SGD step of the linear layer on a global batch of host crops ([B, size, size, 3] uint8, sharded over
+    the mesh): each crop flipped by its key (the step's `key` and its position in the global batch), normalised,
+    encoded; the loss the mean cross-entropy over the batch's readable examples (`valid`)."""
+    tx = _make_tx(momentum, weight_decay)
+
+    def per_device(variables, params, opt_state, crops, positions, labels, valid, key, lr):
+        keys = augment.example_keys(key, positions, 0)
+        x = augment.normalize(augment.augment_batch(keys, crops, view, cropped=True), pixel_stats)
+        feats = jax.lax.stop_gradient(features_fn(variables, x)).astype(jnp.float32)
+        weights = valid.astype(jnp.float32)
+        count = jnp.maximum(jax.lax.psum(weights.sum(), sharding.AXIS), 1.0)
+
+        def loss_fn(p):
+            losses = optax.softmax_cross_entropy_with_integer_labels(_logits(p, feats), labels)
+            return jnp.sum(weights * losses) / count
+
+        grads = jax.lax.psum(jax.grad(loss_fn)(params), sharding.AXIS)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return jax.tree.map(lambda w, u: w - lr * u, params, updates), opt_state
+
+    batch = P(sharding.AXIS)
+    mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), batch, batch, batch, batch, P(), P()),
+                           out_specs=P(), check_vma=False)
+    return mapped(variables, params, opt_state, crops, positions, labels, valid, key, lr)
+
+
+def sgd_linear_eval_streaming(features_fn: Callable, variables, train_source, test_features, test_labels,
+                              num_classes: int, settings, crop_size: int, *, seed: int = 0, mesh=None,
+                              workers: int = 8, log_fn: Optional[Callable[[str], None]] = None,
+                              log_every: int = 1, return_params: bool = False,
+                              pixel_stats=augment.PIXEL_STATS["imagenet"]):
+    """`sgd_linear_eval` on a streamed train split (`train_source`: `len()` and `read(index)`, as
+    `image_folder.ImageFolder`): each epoch a permutation of it (`batches.process_share`, from `seed`) in full
+    global batches, every image's random-resized crop to `crop_size` taken on the host (`train_view`'s scale and
+    ratio), flipped on the device; the layer scored on `test_features` [N, D] (the test split's centre crops,
+    encoded) against `test_labels`. Returns ``{'linear_top1', 'linear_top5'}`` (with `return_params`, and the
+    layer). The whole split is read by this process, on `mesh`'s devices (default: this process's)."""
+    from ssl_jax import batches
+    from ssl_jax import image_folder
+
+    mesh = mesh if mesh is not None else sharding.process_local_mesh(sharding.make_mesh(0))
+    batch_size, epochs = int(settings["batch_size"]), int(settings["epochs"])
+    if batch_size <= 0 or batch_size % mesh.devices.size:
+        raise ValueError(f"config.eval.sgd_linear.batch_size={batch_size} cannot be split evenly over "
+                         f"{mesh.devices.size} device(s); choose a multiple of {mesh.devices.size}.")
+    batch_size = min(batch_size, len(train_source) // mesh.devices.size * mesh.devices.size)  # a small split
+    if batch_size <= 0:
+        raise ValueError(f"{len(train_source)} train examples are fewer than the {mesh.devices.size} devices")
+    steps_per_epoch = batches.steps_per_epoch(len(train_source), batch_size)
+    view = train_view(crop_size)
+    host_crop = image_folder.HostCropGroup(size=int(crop_size), count=1, scale=view.crop_scale,
+                                           ratio=view.crop_ratio)
+    test_features = np.asarray(test_features, np.float32)
+    test_labels = jnp.asarray(np.asarray(test_labels).reshape(-1).astype(np.int32))
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = _init_params(init_key, test_features.shape[1], num_classes)
+    tx = _make_tx(float(settings["momentum"]), float(settings["weight_decay"]))
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(sharding.AXIS))
+    params, opt_state = jax.device_put((params, tx.init(params)), replicated)
+    momentum, weight_decay = np.float32(settings["momentum"]), np.float32(settings["weight_decay"])
+    reader = image_folder.HostBatches(train_source, (host_crop,), batch_size, seed,
+                                      num_steps=epochs * steps_per_epoch, workers=workers)
+    for step, batch in enumerate(reader):
+        epoch = step // steps_per_epoch
+        host = (batch["crops"][0][:, 0], batch["global_index"], batch["label"], batch["valid"])
+        params, opt_state = _streamed_step(
+            variables, params, opt_state, *jax.device_put(host, sharded), jax.random.fold_in(train_key, step),
+            np.float32(lr_at_epoch(settings, epoch)), momentum, weight_decay,
+            features_fn=features_fn, mesh=mesh, view=view, pixel_stats=pixel_stats)
+        if log_fn is not None and (step + 1) % steps_per_epoch == 0 and (epoch + 1) % max(1, log_every) == 0:
+            top1, _ = _test_metrics(params, test_features, test_labels, k=1)
+            log_fn(f"sgd_linear epoch {epoch + 1}/{epochs}: lr {lr_at_epoch(settings, epoch):.4g}, "
+                   f"test top1 {float(top1):.4f}" + (f", {reader.skipped} unreadable image read(s) left out so far"
+                                                     if reader.skipped else ""))
+    top1, top5 = _test_metrics(params, test_features, test_labels, k=int(min(5, num_classes)))
+    results = {"linear_top1": float(top1), "linear_top5": float(top5)}
+    if return_params:
+        return results, jax.tree.map(np.asarray, sharding.local_copy(params))
+    return results
 
 
 def sgd_linear_eval(features_fn: Callable, variables, train_images, train_labels, test_images, test_labels,

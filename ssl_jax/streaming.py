@@ -233,3 +233,18 @@ class ConcatenatedSources:
     def read(self, index):
         part = int(np.searchsorted(self._starts, index, side="right")) - 1
         return self.sources[part].read(index - int(self._starts[part]))
+
+
+class SourceSubset:
+    """The examples `indices` of `source`, read as a source of their own (a seeded subset of a train split for
+    the evaluation: `config.eval.max_train_examples`)."""
+
+    def __init__(self, source, indices):
+        self.source, self.indices = source, np.asarray(indices)
+        self.root = f"{source.root} ({len(self.indices)} of {len(source)} examples)"
+
+    def __len__(self):
+        return len(self.indices)
+
+    def read(self, index):
+        return self.source.read(int(self.indices[index]))

@@ -227,7 +227,9 @@ def evaluate_state(exp, state, linear=True):
         return evaluate.evaluate_backbone_streaming(encode, exp.dataset, exp.config.eval,
                                                     exp.config.augment.view1.crop_size, exp.config.seed, linear,
                                                     mesh=sharding.process_local_mesh(exp.dp.mesh),
-                                                    workers=exp.config.data.workers, log_fn=log)
+                                                    workers=exp.config.data.workers, log_fn=log,
+                                                    backbone=(BackboneFeatures(exp.net), variables),
+                                                    pixel_stats=exp.pixel_stats)
     return evaluate.evaluate_backbone(encode, exp.dataset, exp.config.eval, exp.config.seed, linear=linear,
                                       backbone=(BackboneFeatures(exp.net), variables), mesh=exp.dp.mesh, log_fn=log,
                                       pixel_stats=exp.pixel_stats)

@@ -98,3 +98,90 @@ def test_one_and_eight_devices_train_the_same_layer():
     with pytest.raises(ValueError, match="batch_size=12 cannot be split evenly over 8"):
         linear_sgd.sgd_linear_eval(tiny_encoder, _variables(0), x_tr, y_tr, x_te, y_te, 3,
                                    dict(settings, batch_size=12), mesh=sharding.make_mesh(8))
+
+
+class ArraySource:
+    """A streamed split held as arrays (`read(index)` -> (image, label, name), as `streaming.TFDSImages` gives
+    decoded images); the examples in `unreadable` raise, as a damaged file does."""
+
+    def __init__(self, images, labels, unreadable=()):
+        self.images, self.labels, self.unreadable, self.root = images, labels, set(unreadable), "arrays"
+
+    def __len__(self):
+        return len(self.labels)
+
+    def read(self, index):
+        if index in self.unreadable:
+            raise OSError(f"example {index} is damaged")
+        return self.images[index], int(self.labels[index]), f"arrays[{index}]"
+
+
+def _numpy_sgd_on_host_crops(source, variables, settings, crop_size, seed, pixel_stats):
+    """The protocol written out in float64 NumPy: the same host crops (image_folder.host_batch), features by the
+    flip-invariant tiny encoder, softmax cross-entropy averaged over the readable examples, torch's SGD with
+    momentum (v = m v + g + wd p; p -= lr v) and solo-learn's per-epoch step schedule."""
+    from ssl_jax import image_folder
+
+    view = linear_sgd.train_view(crop_size)
+    group = image_folder.HostCropGroup(size=crop_size, count=1, scale=view.crop_scale, ratio=view.crop_ratio)
+    batch, epochs = settings["batch_size"], settings["epochs"]
+    steps_per_epoch = len(source) // batch
+    init = linear_sgd._init_params(jax.random.split(jax.random.PRNGKey(seed))[0], 8, 3)
+    w, b = (np.asarray(init[k], np.float64) for k in ("w", "b"))
+    vw, vb = np.zeros_like(w), np.zeros_like(b)
+    mean, std = (np.asarray(s, np.float64) for s in pixel_stats)
+    params, stats = variables["params"], variables["batch_stats"]
+    for step in range(epochs * steps_per_epoch):
+        host = image_folder.host_batch(source, (group,), step, batch, seed)
+        x = (host["crops"][0][:, 0].astype(np.float64) / 255.0 - mean) / std
+        h = np.tanh(np.einsum("bhwc,cd->bhwd", x, np.asarray(params["w"], np.float64))).mean(axis=(1, 2))
+        feats = (h - stats["mean"]) / stats["std"]
+        logits = feats @ w + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        weights = host["valid"].astype(np.float64) / max(host["valid"].sum(), 1)
+        delta = (p - np.eye(3)[host["label"]]) * weights[:, None]
+        lr = linear_sgd.lr_at_epoch(settings, step // steps_per_epoch)
+        vw = settings["momentum"] * vw + feats.T @ delta + settings["weight_decay"] * w
+        vb = settings["momentum"] * vb + delta.sum(0) + settings["weight_decay"] * b
+        w, b = w - lr * vw, b - lr * vb
+    return w, b
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_streamed_protocol_is_the_numpy_sgd_on_the_same_host_crops(num_devices):
+    """sgd_linear_eval_streaming: the layer a float64 NumPy SGD reaches on the same host crops (the encoder is
+    flip-invariant, so the device's flips do not enter), an unreadable image left out of the loss, on 1 device
+    and on 8."""
+    from ssl_jax import augment
+
+    images, labels = _colour_data(44, 7, size=12)
+    source = ArraySource(images, labels, unreadable={5})
+    settings = dict(SETTINGS, epochs=3, batch_size=8, lr_decay_epochs=(2,), weight_decay=1e-3)
+    x_te, y_te = _colour_data(30, 8, size=8)
+    stats = augment.PIXEL_STATS["imagenet"]
+    test_features = tiny_encoder(_variables(0), augment.normalize(augment.to_float(x_te), stats))
+    logs = []
+    results, params = linear_sgd.sgd_linear_eval_streaming(
+        tiny_encoder, _variables(0), source, test_features, y_te, 3, settings, crop_size=8, seed=3,
+        mesh=sharding.make_mesh(num_devices), workers=0, log_fn=logs.append, return_params=True, pixel_stats=stats)
+    w, b = _numpy_sgd_on_host_crops(source, _variables(0), settings, 8, 3, stats)
+    np.testing.assert_allclose(params["w"], w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(params["b"], b, rtol=1e-4, atol=1e-5)
+    assert len(logs) == 3 and "epoch 3/3: lr 0.01" in logs[-1] and "unreadable image read(s) left out" in logs[-1]
+    assert results["linear_top1"] > 0.8 and results["linear_top5"] == 1.0  # chance 1/3
+
+
+def test_streamed_protocol_needs_an_even_batch_and_the_backbone():
+    from ssl_jax import config_lib
+    from ssl_jax import evaluate
+
+    images, labels = _colour_data(16, 0)
+    with pytest.raises(ValueError, match="batch_size=12 cannot be split evenly over 8"):
+        linear_sgd.sgd_linear_eval_streaming(tiny_encoder, _variables(0), ArraySource(images, labels),
+                                             np.zeros((4, 8)), np.zeros(4), 3, dict(SETTINGS, batch_size=12), 8,
+                                             mesh=sharding.make_mesh(8))
+    eval_config = config_lib.base_config().eval
+    eval_config.linear_protocol = "sgd_augmented"
+    with pytest.raises(ValueError, match="needs the backbone"):
+        evaluate.evaluate_backbone_streaming(lambda x: x, None, eval_config, 8)

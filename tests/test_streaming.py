@@ -100,6 +100,14 @@ def test_trains_evaluates_and_resumes_exactly_on_a_jpeg_folder(tree, tmp_path):
     assert cli.returncode == 0, cli.stderr[-3000:]
     frozen = json.load(open(tmp_path / "full" / "eval_frozen.json"))
     assert frozen["knn_top1"] == pytest.approx(written["knn_top1"], abs=1e-6)
+    # The papers' SGD protocol on the streamed split (host crops every epoch): 2 epochs, the batch cut to the split.
+    cli = subprocess.run([sys.executable, "-m", "ssl_jax.evaluate", f"--workdir={tmp_path / 'full'}",
+                          "--linear_protocol=sgd_augmented", "--sgd_epochs=2", f"--output={tmp_path / 'sgd.json'}"],
+                         env=env, cwd=helpers.REPO, capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    sgd = json.load(open(tmp_path / "sgd.json"))
+    assert sgd["linear_protocol"] == "sgd_augmented" and 0.0 <= sgd["linear_top1"] <= 1.0
+    assert sgd["knn_top1"] == pytest.approx(written["knn_top1"], abs=1e-6) and "sgd_linear epoch 2/2" in cli.stdout
 
     interrupted = str(tmp_path / "interrupted")
     train.train(train.build_experiment(config), interrupted, stop_after_steps=3)
@@ -109,6 +117,17 @@ def test_trains_evaluates_and_resumes_exactly_on_a_jpeg_folder(tree, tmp_path):
     assert int(resumed.step) == 6
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_on_streamed_data_evaluates_by_the_sgd_protocol_when_its_config_says_so(tree):
+    """train.evaluate_state hands the streamed evaluation the backbone and the data set's pixel statistics, so
+    config.eval.linear_protocol='sgd_augmented' trains the linear layer on host crops of the folder."""
+    config = folder_config(tree, **{"eval.linear_protocol": "sgd_augmented", "eval.sgd_linear.epochs": 1,
+                                    "eval.sgd_linear.batch_size": 16})
+    exp = train.build_experiment(config)
+    results = train.evaluate_state(exp, exp.dp.put_state(train.initial_state(exp)))
+    assert results["linear_protocol"] == "sgd_augmented" and 0.0 <= results["linear_top1"] <= 1.0
+    assert results["linear_top5"] == 1.0  # 3 classes
 
 
 def test_streaming_evaluation_equals_the_in_memory_one_on_the_same_crops(tree):
