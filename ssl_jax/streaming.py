@@ -108,16 +108,37 @@ def train_batches(dataset, groups, batch_size, seed, start_step, end_step, proce
     """This process's share of each global batch of steps [start_step, end_step) of the data set's pretraining
     split (`StreamedDataset.pretrain_split`) as the train step takes them:
     'crops' (one uint8 [B/n, count, size, size, 3] per group), 'label', 'global_index'. Logs the unreadable images
-    skipped so far (their crops are black) every time the count grows."""
+    skipped so far (their crops are black) every time the count grows, and stops the run
+    (`check_unreadable_share`) when so many are unreadable that the data itself has gone."""
     reader = image_folder.HostBatches(dataset.pretrain_split, host_crop_groups(groups), batch_size, seed,
                                       start_step=start_step, num_steps=end_step - start_step,
                                       process_index=process_index, process_count=process_count, workers=workers)
-    skipped = 0
+    skipped, read = 0, 0
     for batch in reader:
+        read += len(batch["valid"])
         if reader.skipped > skipped:
             skipped = reader.skipped
+            check_unreadable_share(skipped, read, dataset.pretrain_split.root)
             print(f"{skipped} unreadable image(s) skipped so far (black crops); see the log for which.", flush=True)
         yield {"crops": batch["crops"], "label": batch["label"], "global_index": batch["global_index"]}
+
+
+# A run stops, rather than train on black crops, once more than this share of the images it read (and at least
+# MIN_UNREADABLE_TO_STOP) could not be read: a folder that vanished or a mount that dropped mid-run. A prepared
+# ImageNet has none that PIL cannot decode, so one in a hundred is far beyond a few damaged files.
+MAX_UNREADABLE_SHARE = 0.01
+MIN_UNREADABLE_TO_STOP = 32
+
+
+def check_unreadable_share(skipped, read, root):
+    """Raises data.DataError, saying what to check, when `skipped` of `read` images exceed the share a data set
+    can have damaged (MAX_UNREADABLE_SHARE, at least MIN_UNREADABLE_TO_STOP)."""
+    if skipped >= MIN_UNREADABLE_TO_STOP and skipped > MAX_UNREADABLE_SHARE * read:
+        raise data.DataError(
+            f"{skipped} of the {read} images read so far from {root} were unreadable (more than "
+            f"{MAX_UNREADABLE_SHARE:.0%}; the log names them): is the folder still there and readable (a dropped "
+            "mount, moved files)? The run stops rather than train on black crops; fix the data and run again, and "
+            "it resumes from its last checkpoint.")
 
 
 def center_crop(image_file, size) -> np.ndarray:

@@ -119,6 +119,24 @@ def test_trains_evaluates_and_resumes_exactly_on_a_jpeg_folder(tree, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_folder_that_vanishes_mid_run_stops_it_with_what_to_check(tmp_path):
+    """A few damaged images are skipped (black crops, counted); a training folder whose images have gone stops
+    the run with a DataError at the batch that crosses the limit (streaming.check_unreadable_share)."""
+    root = helpers.write_jpeg_tree(tmp_path, num_classes=2, train_per_class=24, val_per_class=2)
+    dataset = streaming.load_folder_dataset("image_folder", str(root))
+    groups = train.crop_groups(folder_config(root))
+    batches = streaming.train_batches(dataset, groups, 16, 0, 0, 6, workers=0)  # no read-ahead
+    next(batches)
+    for path in (root / "train").rglob("*.JPEG"):
+        path.unlink()
+    with pytest.raises(data.DataError, match=r"32 of the 48 images read so far .* still there and readable"):
+        list(batches)
+    assert streaming.check_unreadable_share(31, 31, "x") is None  # under MIN_UNREADABLE_TO_STOP
+    assert streaming.check_unreadable_share(40, 4000, "x") is None  # 1% of the reads
+    with pytest.raises(data.DataError, match="41 of the 4000 images"):
+        streaming.check_unreadable_share(41, 4000, "x")
+
+
 def test_a_run_on_streamed_data_evaluates_by_the_sgd_protocol_when_its_config_says_so(tree):
     """train.evaluate_state hands the streamed evaluation the backbone and the data set's pixel statistics, so
     config.eval.linear_protocol='sgd_augmented' trains the linear layer on host crops of the folder."""
