@@ -7,14 +7,15 @@
 #   launch/compare_methods.sh ../shared/data/cifar10-jpeg.tar.gz /tmp/compare 15 3
 #
 # The README's GPU table was made this way (EPOCHS=15: warm-up 1.5 epochs, linear evaluation 30 epochs).
-# METHODS (environment) picks a subset, e.g. METHODS="simclr tico".
+# METHODS (environment) picks a subset, e.g. METHODS="simclr tico"; by default every entry of the learning check
+# (config_files.CHECKED_CONFIGS: each method's own config, and DINO on a ViT as dino_vit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA="$1"; WORKDIR="$2"; EPOCHS="${3:-15}"; PARALLEL="${4:-3}"
 shift $(( $# < 4 ? $# : 4 ))
 [ "${1:-}" = "--" ] && shift
-METHODS="${METHODS:-tico byol moco_v3 vicreg_tico vicreg barlow_twins simsiam simclr}"
+METHODS="${METHODS:-$(python -c "from ssl_jax import config_files; print(' '.join(config_files.CHECKED_CONFIGS))")}"
 mkdir -p "$WORKDIR"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share one GPU
 
@@ -24,7 +25,7 @@ python -c "import sys; from ssl_jax import data; data.load_dataset('cifar10', pa
 run_one() {
   local method="$1"; shift
   local config
-  config=$(python -c "import sys; from ssl_jax import learning_check as l; print(l.METHOD_CONFIGS[sys.argv[1]])" "$method")
+  config=$(python -c "import sys; from ssl_jax import config_files as c; print(c.CHECKED_CONFIGS[sys.argv[1]])" "$method")
   python -m ssl_jax.main --config="configs/${config}.py" --workdir="$WORKDIR/$method" \
     --config.data.path="$DATA" --config.num_epochs="$EPOCHS" \
     --config.optimizer.warmup_epochs="$(python -c "print($EPOCHS / 10)")" \

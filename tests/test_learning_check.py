@@ -239,3 +239,28 @@ def test_an_entry_may_have_steps_of_its_own():
     assert learning_check.check_config("dino").num_train_steps == learning_check.DEFAULT_STEPS == 120
     assert learning_check.check_config("dino_vit", steps=50).num_train_steps == 50
     assert learning_check.check_steps("simclr") == 120 and learning_check.check_steps("dino_vit", 7) == 7
+
+
+def test_compare_methods_runs_each_checked_entry_and_reports_them(tmp_path):
+    """launch/compare_methods.sh (the README's side-by-side GPU table): each entry's config by its learning-check
+    name (dino_vit included: an entry of CHECKED_CONFIGS, not of METHOD_CONFIGS), trained and evaluated, then one
+    table."""
+    import os
+    import subprocess
+    import sys
+
+    import helpers
+
+    folder = helpers.write_image_folder(tmp_path, helpers.synthetic_dataset(num_train=64, num_test=20))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", SSL_JAX_CACHE=str(tmp_path / "cache"), METHODS="simclr dino_vit",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))  # its `python`
+    env.pop("XLA_FLAGS", None)  # one device per run
+    run = subprocess.run(
+        ["bash", "launch/compare_methods.sh", str(folder), str(tmp_path / "compare"), "1", "2", "--",
+         "--config.num_train_steps=2", "--config.batch_size=16", "--config.eval.linear_epochs=2",
+         "--config.log_every_steps=1", "--config.model.width=4"],
+        cwd=helpers.REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "FAILED" not in run.stdout, run.stdout
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| simclr") or line.startswith("| dino_vit")]
+    assert len(rows) == 2, run.stdout
