@@ -106,6 +106,19 @@ def _features(features_fn, variables, images, pixel_stats):
     return jax.lax.stop_gradient(features_fn(variables, x)).astype(jnp.float32)
 
 
+def _global_batch_size(settings, num_examples, num_devices):
+    """config.eval.sgd_linear.batch_size, cut to the largest multiple of the devices a smaller train split holds;
+    ValueError, with what to change, where it does not split evenly over the devices or the split is too small."""
+    batch_size = int(settings["batch_size"])
+    if batch_size <= 0 or batch_size % num_devices:
+        raise ValueError(f"config.eval.sgd_linear.batch_size={batch_size} cannot be split evenly over "
+                         f"{num_devices} device(s); choose a multiple of {num_devices}.")
+    batch_size = min(batch_size, num_examples // num_devices * num_devices)  # a train split smaller than one batch
+    if batch_size <= 0:
+        raise ValueError(f"{num_examples} train examples are fewer than the {num_devices} devices")
+    return batch_size
+
+
 @functools.partial(jax.jit, static_argnames=("features_fn", "mesh", "steps_per_epoch", "batch_size", "view",
                                                  "pixel_stats"))
 def _train_epochs(variables, params, opt_state, images, labels, key, epoch_start, epoch_end, lrs, momentum,
@@ -215,13 +228,7 @@ def sgd_linear_eval_streaming(features_fn: Callable, variables, train_source, te
     from ssl_jax import image_folder
 
     mesh = mesh if mesh is not None else sharding.process_local_mesh(sharding.make_mesh(0))
-    batch_size, epochs = int(settings["batch_size"]), int(settings["epochs"])
-    if batch_size <= 0 or batch_size % mesh.devices.size:
-        raise ValueError(f"config.eval.sgd_linear.batch_size={batch_size} cannot be split evenly over "
-                         f"{mesh.devices.size} device(s); choose a multiple of {mesh.devices.size}.")
-    batch_size = min(batch_size, len(train_source) // mesh.devices.size * mesh.devices.size)  # a small split
-    if batch_size <= 0:
-        raise ValueError(f"{len(train_source)} train examples are fewer than the {mesh.devices.size} devices")
+    batch_size, epochs = _global_batch_size(settings, len(train_source), mesh.devices.size), int(settings["epochs"])
     steps_per_epoch = batches.steps_per_epoch(len(train_source), batch_size)
     view = train_view(crop_size)
     host_crop = image_folder.HostCropGroup(size=int(crop_size), count=1, scale=view.crop_scale,
@@ -281,13 +288,7 @@ def sgd_linear_eval(features_fn: Callable, variables, train_images, train_labels
     epochs = int(settings["epochs"])
     if n == 0 or len(test_labels) == 0:
         raise ValueError("sgd_linear_eval needs non-empty train and test splits")
-    batch_size = int(settings["batch_size"])
-    if batch_size <= 0 or batch_size % num_devices:
-        raise ValueError(f"config.eval.sgd_linear.batch_size={batch_size} cannot be split evenly over "
-                         f"{num_devices} device(s); choose a multiple of {num_devices}.")
-    batch_size = min(batch_size, n // num_devices * num_devices)  # a train split smaller than one batch
-    if batch_size <= 0:
-        raise ValueError(f"{n} train examples are fewer than the {num_devices} devices")
+    batch_size = _global_batch_size(settings, n, num_devices)
     steps_per_epoch = n // batch_size
     lrs = np.asarray([lr_at_epoch(settings, e) for e in range(max(epochs, 1))], np.float32)
     view = train_view(train_images.shape[1])

@@ -149,10 +149,10 @@ def center_crop(image_file, size) -> np.ndarray:
     if isinstance(image_file, np.ndarray):
         image = Image.fromarray(np.asarray(image_file, np.uint8).squeeze()).convert("RGB")
     else:
-        image = Image.open(io.BytesIO(image_file) if isinstance(image_file, bytes) else image_file)
-        scale = short / min(image.size)
-        image.draft("RGB", (max(1, int(image.width * scale)), max(1, int(image.height * scale))))
-        image = image.convert("RGB")
+        with Image.open(io.BytesIO(image_file) if isinstance(image_file, bytes) else image_file) as opened:
+            scale = short / min(opened.size)
+            opened.draft("RGB", (max(1, int(opened.width * scale)), max(1, int(opened.height * scale))))
+            image = opened.convert("RGB")  # a new image: the file can close
     scale = short / min(image.size)
     width, height = max(short, round(image.width * scale)), max(short, round(image.height * scale))
     image = image.resize((width, height), Image.Resampling.BILINEAR)
